@@ -1,0 +1,16 @@
+#![forbid(unsafe_code)]
+//! logroute: Kubernetes-native container log routing.
+//!
+//! The controller compiles `LogRoute` resources into route documents; the agent on each
+//! node reads container logs from Docker, enriches them with pod metadata and forwards
+//! them to the sinks the routes name.
+
+pub mod agent;
+pub mod api;
+pub mod check;
+pub mod controller;
+pub mod http;
+pub mod metrics;
+pub mod record;
+pub mod route;
+pub mod sink;

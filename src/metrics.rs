@@ -1,0 +1,219 @@
+//! Every metric a logroute process exports, in one registry per process.
+//!
+//! Label values are always bounded: route keys (`namespace/name`, one per LogRoute), sink
+//! names and kinds, streams, and `&'static str` reasons. Never pod names, container ids or
+//! message text.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets from 1 ms to ~30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+/// Metrics of the controller.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    /// `result`: `ready`, `invalid`, `error`, `deleted`.
+    pub reconciliations: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    /// `ready`: `true` / `false`.
+    pub routes: IntGaugeVec,
+}
+
+impl ControllerMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        Self {
+            reconciliations: counter(
+                reg,
+                "logroute_controller_reconciliations_total",
+                "LogRoute reconciliations by result",
+                &["result"],
+            ),
+            reconcile_duration: histogram(
+                reg,
+                "logroute_controller_reconcile_duration_seconds",
+                "Time spent reconciling one LogRoute",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            routes: gauge(reg, "logroute_controller_routes", "LogRoutes by Ready condition", &["ready"]),
+        }
+    }
+}
+
+/// Metrics of the node agent and its sinks.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub containers_followed: IntGauge,
+    /// `stream`.
+    pub records_read: IntCounterVec,
+    /// `stream`.
+    pub bytes_read: IntCounterVec,
+    /// Lines longer than the agent's limit, cut and marked.
+    pub lines_truncated: IntCounter,
+    /// `route`, `sink`.
+    pub records_routed: IntCounterVec,
+    /// `route`, `reason` (`include`, `exclude`, `stream`).
+    pub records_filtered: IntCounterVec,
+    /// `route`, `sink`, `reason` (`queue_full`, `rejected`, `rotated`, `shutdown`, ...).
+    pub records_dropped: IntCounterVec,
+    /// `kind`, `route`, `sink`.
+    pub records_sent: IntCounterVec,
+    /// `kind`, `route`, `sink`, `reason`.
+    pub send_errors: IntCounterVec,
+    /// `kind`, `route`, `sink`.
+    pub send_retries: IntCounterVec,
+    /// `kind`, `route`, `sink`: messages cut to the sink's size limit.
+    pub records_cut: IntCounterVec,
+    /// `kind`, `route`, `sink`.
+    pub sink_reconnects: IntCounterVec,
+    /// `route`, `sink`.
+    pub queue_depth: IntGaugeVec,
+    /// `kind`, `route`, `sink`: one send (a batch) from start to acceptance.
+    pub send_latency: HistogramVec,
+    /// `kind`, `route`, `sink`: Docker timestamp → accepted by the sink.
+    pub end_to_end_latency: HistogramVec,
+    pub docker_reconnects: IntCounter,
+    /// Loaded routes; `state`: `active`, `rejected`.
+    pub routes_loaded: IntGaugeVec,
+    /// Elasticsearch bulk documents; `route`, `sink`, `result` (`created`, `indexed`,
+    /// `rejected`, `retried`).
+    pub es_documents: IntCounterVec,
+    /// `route`, `sink`.
+    pub es_bulk_duration: HistogramVec,
+    /// `route`, `sink`: documents per bulk request.
+    pub es_batch_size: HistogramVec,
+}
+
+impl AgentMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        let sink = &["kind", "route", "sink"];
+        let sink_reason = &["kind", "route", "sink", "reason"];
+        Self {
+            containers_followed: {
+                let g = IntGauge::new("logroute_agent_containers_followed", "Containers whose logs are being read")
+                    .expect("valid metric");
+                reg.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            records_read: counter(reg, "logroute_agent_records_read_total", "Log records read from Docker", &["stream"]),
+            bytes_read: counter(reg, "logroute_agent_bytes_read_total", "Message bytes read from Docker", &["stream"]),
+            lines_truncated: {
+                let c = IntCounter::new(
+                    "logroute_agent_lines_truncated_total",
+                    "Lines longer than --max-line-bytes, cut and marked",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            records_routed: counter(
+                reg,
+                "logroute_agent_records_routed_total",
+                "Records queued for a sink of a route",
+                &["route", "sink"],
+            ),
+            records_filtered: counter(
+                reg,
+                "logroute_agent_records_filtered_total",
+                "Records of a matched container that a route's filter left out",
+                &["route", "reason"],
+            ),
+            records_dropped: counter(
+                reg,
+                "logroute_agent_records_dropped_total",
+                "Records that will never reach a sink, by reason",
+                &["route", "sink", "reason"],
+            ),
+            records_sent: counter(reg, "logroute_agent_records_sent_total", "Records accepted by a sink", sink),
+            send_errors: counter(reg, "logroute_agent_send_errors_total", "Failed send attempts", sink_reason),
+            send_retries: counter(reg, "logroute_agent_send_retries_total", "Retried sends", sink),
+            records_cut: counter(
+                reg,
+                "logroute_agent_records_cut_total",
+                "Records cut to the sink's maximum message size",
+                sink,
+            ),
+            sink_reconnects: counter(
+                reg,
+                "logroute_agent_sink_reconnects_total",
+                "Connections (re)opened to a sink after the first",
+                sink,
+            ),
+            queue_depth: gauge(reg, "logroute_agent_queue_depth", "Records waiting in a sink queue", &["route", "sink"]),
+            send_latency: histogram(
+                reg,
+                "logroute_agent_send_latency_seconds",
+                "Time for one send to a sink",
+                sink,
+                LATENCY_BUCKETS,
+            ),
+            end_to_end_latency: histogram(
+                reg,
+                "logroute_agent_end_to_end_latency_seconds",
+                "Docker record timestamp to acceptance by the sink",
+                sink,
+                LATENCY_BUCKETS,
+            ),
+            docker_reconnects: {
+                let c = IntCounter::new("logroute_agent_docker_reconnects_total", "Reconnections to the Docker daemon")
+                    .expect("valid metric");
+                reg.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            routes_loaded: gauge(reg, "logroute_agent_routes", "Routes known to the agent", &["state"]),
+            es_documents: counter(
+                reg,
+                "logroute_agent_elasticsearch_documents_total",
+                "Bulk item outcomes",
+                &["route", "sink", "result"],
+            ),
+            es_bulk_duration: histogram(
+                reg,
+                "logroute_agent_elasticsearch_bulk_duration_seconds",
+                "Duration of one _bulk request",
+                &["route", "sink"],
+                LATENCY_BUCKETS,
+            ),
+            es_batch_size: histogram(
+                reg,
+                "logroute_agent_elasticsearch_batch_documents",
+                "Documents per _bulk request",
+                &["route", "sink"],
+                &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
+            ),
+        }
+    }
+}
+
+/// Render a registry in the Prometheus text format.
+pub fn render(reg: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&reg.gather(), &mut buf)
+        .expect("text encoding into a Vec cannot fail");
+    String::from_utf8(buf).expect("prometheus text is UTF-8")
+}

@@ -1,0 +1,78 @@
+//! What flows through the agent: one log record with the container it came from.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::api::StreamName;
+
+/// Docker's timestamp for a record: when dockerd received the line, with nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn to_datetime(self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(self.secs, self.nanos).unwrap_or_default()
+    }
+
+    /// `seconds.nanoseconds`, the form Docker's `since` parameter accepts.
+    pub fn to_docker_since(self) -> String {
+        format!("{}.{:09}", self.secs, self.nanos)
+    }
+}
+
+/// The pod a container belongs to, joined from the cri-dockerd labels and the pod cache.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Container name as in the pod spec.
+    pub container_name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub owner_kind: Option<String>,
+    pub owner_name: Option<String>,
+}
+
+/// A followed Docker container and everything known about it. Built once per container
+/// (and rebuilt when its pod changes), shared by all of its records.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Docker name without the leading `/`.
+    pub name: String,
+    pub image: String,
+    /// Docker labels of the container.
+    pub labels: BTreeMap<String, String>,
+    /// Node (Kubernetes) or host name the agent runs on.
+    pub node: String,
+    /// Absent for non-pod (host) containers.
+    pub pod: Option<PodInfo>,
+}
+
+impl ContainerInfo {
+    /// Short id (12 hex digits) as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+
+    /// Name a person recognises: the pod's container name, else the Docker name.
+    pub fn display_name(&self) -> &str {
+        self.pod.as_ref().map(|p| p.container_name.as_str()).unwrap_or(&self.name)
+    }
+}
+
+/// One log record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub container: Arc<ContainerInfo>,
+    pub stream: StreamName,
+    pub timestamp: Timestamp,
+    /// The message without its trailing newline; invalid UTF-8 already replaced.
+    pub message: String,
+    /// The line was longer than the agent's limit and was cut.
+    pub truncated: bool,
+}

@@ -1,0 +1,87 @@
+//! Sinks: where records go. Each (route, sink) pair gets its own client and queue.
+
+pub mod elasticsearch;
+pub mod stdout;
+pub mod syslog;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::metrics::AgentMetrics;
+use crate::record::Record;
+use crate::route::document::{CompiledSink, SinkConfig};
+
+/// Resolved credentials of a route, keyed by `CredentialRef::key`.
+pub type Credentials = BTreeMap<String, Vec<u8>>;
+
+/// What a sink client needs besides its configuration.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// Route key `namespace/name` (metric label).
+    pub route: String,
+    /// Sink name within the route (metric label).
+    pub sink: String,
+    pub metrics: AgentMetrics,
+    pub credentials: Arc<Credentials>,
+    /// Node or host name, for syslog HOSTNAME and document fields.
+    pub node: String,
+}
+
+/// A failed send: the first `accepted` records of the batch were accepted (or
+/// permanently rejected and counted); the rest must be sent again after a backoff.
+#[derive(Debug)]
+pub struct SendFailure {
+    pub accepted: usize,
+    pub error: SinkError,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Syslog(#[from] syslog::SyslogError),
+    #[error(transparent)]
+    Elasticsearch(#[from] elasticsearch::ElasticsearchError),
+    #[error("writing to standard output failed: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl SinkError {
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::Syslog(e) => e.reason(),
+            SinkError::Elasticsearch(e) => e.reason(),
+            SinkError::Stdout(_) => "io",
+        }
+    }
+}
+
+/// A connected (or lazily connecting) sink client.
+pub enum SinkClient {
+    Stdout(stdout::StdoutSink),
+    Syslog(syslog::SyslogSink),
+    Elasticsearch(elasticsearch::ElasticsearchSink),
+}
+
+impl SinkClient {
+    /// Build a client; no I/O happens until the first send.
+    pub fn new(sink: &CompiledSink, ctx: SinkContext) -> Result<Self, SinkError> {
+        Ok(match &sink.config {
+            SinkConfig::Stdout(_) => SinkClient::Stdout(stdout::StdoutSink::new(ctx)),
+            SinkConfig::Syslog(cfg) => SinkClient::Syslog(syslog::SyslogSink::new(cfg.clone(), ctx)?),
+            SinkConfig::Elasticsearch(cfg) => {
+                SinkClient::Elasticsearch(elasticsearch::ElasticsearchSink::new(cfg.clone(), ctx)?)
+            }
+        })
+    }
+
+    /// Deliver a batch. `Ok` means every record was accepted or permanently rejected
+    /// (and counted); see [`SendFailure`] for the rest.
+    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+        match self {
+            SinkClient::Stdout(s) => s.send(batch).await,
+            SinkClient::Syslog(s) => s.send(batch).await,
+            SinkClient::Elasticsearch(s) => s.send(batch).await,
+        }
+    }
+}
