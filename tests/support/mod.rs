@@ -1,0 +1,9 @@
+//! Shared harness for integration tests: real dockerd, rsyslog, bulk servers.
+//!
+//! Each test binary uses part of it, so unused items are expected.
+#![allow(dead_code)]
+
+pub mod bulk;
+pub mod docker;
+pub mod env;
+pub mod rsyslog;
