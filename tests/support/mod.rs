@@ -6,4 +6,6 @@
 pub mod bulk;
 pub mod docker;
 pub mod env;
+pub mod nginx;
+pub mod osmem;
 pub mod rsyslog;
