@@ -61,7 +61,10 @@ impl ContainerInfo {
 
     /// Name a person recognises: the pod's container name, else the Docker name.
     pub fn display_name(&self) -> &str {
-        self.pod.as_ref().map(|p| p.container_name.as_str()).unwrap_or(&self.name)
+        self.pod
+            .as_ref()
+            .map(|p| p.container_name.as_str())
+            .unwrap_or(&self.name)
     }
 }
 

@@ -14,7 +14,11 @@ pub struct AgentArgs {
     #[arg(long, env = "LOGROUTE_NAMESPACE", default_value = "logroute-system")]
     pub namespace: String,
     /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://host:2375`).
-    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
     pub docker_host: String,
     /// Where per-(container, sink) checkpoints are kept.
     #[arg(long, env = "LOGROUTE_STATE_DIR", default_value = "/var/lib/logroute")]

@@ -68,7 +68,9 @@ impl SinkClient {
     pub fn new(sink: &CompiledSink, ctx: SinkContext) -> Result<Self, SinkError> {
         Ok(match &sink.config {
             SinkConfig::Stdout(_) => SinkClient::Stdout(stdout::StdoutSink::new(ctx)),
-            SinkConfig::Syslog(cfg) => SinkClient::Syslog(syslog::SyslogSink::new(cfg.clone(), ctx)?),
+            SinkConfig::Syslog(cfg) => {
+                SinkClient::Syslog(syslog::SyslogSink::new(cfg.clone(), ctx)?)
+            }
             SinkConfig::Elasticsearch(cfg) => {
                 SinkClient::Elasticsearch(elasticsearch::ElasticsearchSink::new(cfg.clone(), ctx)?)
             }

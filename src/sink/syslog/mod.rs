@@ -25,10 +25,16 @@ pub struct SyslogSink {
 
 impl SyslogSink {
     pub fn new(cfg: SyslogConfig, ctx: SinkContext) -> Result<Self, SyslogError> {
-        Ok(Self { _cfg: cfg, _ctx: ctx })
+        Ok(Self {
+            _cfg: cfg,
+            _ctx: ctx,
+        })
     }
 
     pub async fn send(&mut self, _batch: &[Arc<Record>]) -> Result<(), SendFailure> {
-        Err(SendFailure { accepted: 0, error: SyslogError::Unimplemented.into() })
+        Err(SendFailure {
+            accepted: 0,
+            error: SyslogError::Unimplemented.into(),
+        })
     }
 }
