@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod document;
+pub mod matcher;
 
 pub use compile::{
     CompileEnv, Compiled, Problem, Reason, SecretLookup, compile, compiled_object_name,

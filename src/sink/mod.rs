@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 pub mod stdout;
 pub mod syslog;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,6 +76,15 @@ impl SinkClient {
                 SinkClient::Elasticsearch(elasticsearch::ElasticsearchSink::new(cfg.clone(), ctx)?)
             }
         })
+    }
+
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkClient::Stdout(_) => "stdout",
+            SinkClient::Syslog(_) => "syslog",
+            SinkClient::Elasticsearch(_) => "elasticsearch",
+        }
     }
 
     /// Deliver a batch. `Ok` means every record was accepted or permanently rejected
