@@ -132,7 +132,7 @@ impl Agent {
             routes: routes.clone(),
             pods,
             identity,
-            read: docker::ReadOptions { max_line_bytes: args.max_line_bytes },
+            read: docker::ReadOptions { max_line_bytes: args.max_line_bytes, ..Default::default() },
             start: docker::Cursor::at(crate::record::Timestamp::now()),
             stop: stop.clone(),
         });

@@ -96,6 +96,8 @@ fn static_exclusion(identity: &SelfIdentity, c: &DockerContainer) -> Option<&'st
         Some("pod sandbox")
     } else if identity.is_self(c) {
         Some("the agent itself")
+    } else if !c.logs_readable() {
+        Some("its log driver cannot be read through the Docker API (use json-file, local or journald)")
     } else if c.logspout_ignore {
         Some("env LOGSPOUT=ignore")
     } else if c.labels.get(EXCLUDE_KEY).is_some_and(|v| v == "true") {
@@ -106,7 +108,6 @@ fn static_exclusion(identity: &SelfIdentity, c: &DockerContainer) -> Option<&'st
 }
 
 async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
-    ctx.metrics.containers_followed.inc();
     let pod_ref = pods::pod_ref(&container.labels);
     let mut pod_changes = ctx.pods.as_ref().map(PodCache::changes);
     let mut routes_rx = ctx.routes.clone();
@@ -155,7 +156,6 @@ async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
         Ok(Err(e)) => tracing::warn!(container = %container.name, error = %e, "stopped reading container"),
         Err(e) => tracing::error!(container = %container.name, error = %e, "log reader task failed"),
     }
-    ctx.metrics.containers_followed.dec();
 }
 
 async fn wait_changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<()> {
