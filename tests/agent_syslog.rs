@@ -69,9 +69,20 @@ async fn start(test: &str, routes: &str, self_pod: Option<&str>) -> Option<Harne
         secrets_dir: a.secrets_dir.clone(),
         poll: Duration::from_millis(100),
     };
-    let agent = Agent::start(&a, source, Some(cache)).await.expect("agent starts");
-    let h = Harness { agent: Some(agent), routes: routes_path, feed, rsyslog, docker, ns, _dir: dir };
-    h.wait_routes(routes.matches("kind: LogRoute").count()).await;
+    let agent = Agent::start(&a, source, Some(cache))
+        .await
+        .expect("agent starts");
+    let h = Harness {
+        agent: Some(agent),
+        routes: routes_path,
+        feed,
+        rsyslog,
+        docker,
+        ns,
+        _dir: dir,
+    };
+    h.wait_routes(routes.matches("kind: LogRoute").count())
+        .await;
     Some(h)
 }
 
@@ -107,15 +118,30 @@ impl Harness {
     }
 
     /// Feed a pod into the agent's pod store and return the labels its container gets.
-    fn pod(&mut self, name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> (String, String) {
+    fn pod(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> (String, String) {
         let uid = pod_uid();
         self.feed.apply(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(self.ns.clone()),
                 uid: Some(uid.clone()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             ..Default::default()
@@ -128,7 +154,11 @@ impl Harness {
     }
 
     async fn run_spec(&self, pod: &(String, String), container: &str, spec: Spec) -> TestContainer {
-        TestContainer::run(&self.docker, spec.labels(pod_labels(&self.ns, &pod.0, &pod.1, container))).await
+        TestContainer::run(
+            &self.docker,
+            spec.labels(pod_labels(&self.ns, &pod.0, &pod.1, container)),
+        )
+        .await
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -166,7 +196,13 @@ fn sd_param(r: &Received, name: &str) -> Option<String> {
 fn by_container(got: &[Received]) -> BTreeMap<String, Vec<&Received>> {
     let mut map: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
     for r in got {
-        map.entry(format!("{}/{}", r.app, sd_param(r, "container").unwrap_or_default())).or_default().push(r);
+        map.entry(format!(
+            "{}/{}",
+            r.app,
+            sd_param(r, "container").unwrap_or_default()
+        ))
+        .or_default()
+        .push(r);
     }
     map
 }
@@ -183,33 +219,63 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_line_arrives_once_in_order_with_pod_metadata() {
-    let Some(mut h) = start("lines", ONE_ROUTE_TCP, None).await else { return };
+    let Some(mut h) = start("lines", ONE_ROUTE_TCP, None).await else {
+        return;
+    };
     const N: usize = 2000;
     let mut containers = Vec::new();
     for i in 0..3 {
         let pod = h.pod(&format!("web-{i}"), &[("app", "web")], &[]);
-        let script = format!("seq 1 {N} | sed 's/^/line-/'; echo oops-on-stderr >&2; head -c 102400 /dev/zero | tr '\\0' x; echo; printf 'bad \\377\\376 utf8\\n'");
+        let script = format!(
+            "seq 1 {N} | sed 's/^/line-/'; echo oops-on-stderr >&2; head -c 102400 /dev/zero | tr '\\0' x; echo; printf 'bad \\377\\376 utf8\\n'"
+        );
         containers.push(h.run(&pod, "api", &script).await);
     }
     let expected = 3 * (N + 3);
     let got = h.rsyslog.wait_for(expected, WAIT);
     let groups = by_container(&got);
-    assert_eq!(groups.len(), 3, "three containers: {:?}", groups.keys().collect::<Vec<_>>());
+    assert_eq!(
+        groups.len(),
+        3,
+        "three containers: {:?}",
+        groups.keys().collect::<Vec<_>>()
+    );
     for (key, records) in &groups {
-        let stdout: Vec<&str> = records.iter().filter(|r| r.msgid == "stdout").map(|r| r.msg.as_str()).collect();
+        let stdout: Vec<&str> = records
+            .iter()
+            .filter(|r| r.msgid == "stdout")
+            .map(|r| r.msg.as_str())
+            .collect();
         let seq: Vec<String> = (1..=N).map(|i| format!("line-{i}")).collect();
         assert_eq!(&stdout[..N], &seq[..], "{key}: lines once, in order");
-        assert_eq!(stdout.len(), N + 2, "{key}: {N} lines + the long line + the bad UTF-8 line");
+        assert_eq!(
+            stdout.len(),
+            N + 2,
+            "{key}: {N} lines + the long line + the bad UTF-8 line"
+        );
         let long = stdout[N];
-        assert!(long.len() == 102_400 && long.bytes().all(|b| b == b'x'), "{key}: 100 KiB line whole, got {} bytes", long.len());
-        assert_eq!(stdout[N + 1], "bad \u{fffd}\u{fffd} utf8", "{key}: invalid UTF-8 replaced");
+        assert!(
+            long.len() == 102_400 && long.bytes().all(|b| b == b'x'),
+            "{key}: 100 KiB line whole, got {} bytes",
+            long.len()
+        );
+        assert_eq!(
+            stdout[N + 1],
+            "bad \u{fffd}\u{fffd} utf8",
+            "{key}: invalid UTF-8 replaced"
+        );
         let stderr: Vec<&&Received> = records.iter().filter(|r| r.msgid == "stderr").collect();
         assert_eq!(stderr.len(), 1, "{key}: one stderr line");
         assert_eq!(stderr[0].msg, "oops-on-stderr");
         assert_eq!(stderr[0].severity, 3, "stderr is err");
         let r = records[0];
         assert_eq!(r.hostname, "node-1");
-        assert_eq!(sd_param(r, "namespace").as_deref(), Some(h.ns.as_str()), "namespace in SD: {}", r.sd);
+        assert_eq!(
+            sd_param(r, "namespace").as_deref(),
+            Some(h.ns.as_str()),
+            "namespace in SD: {}",
+            r.sd
+        );
         assert_eq!(sd_param(r, "container").as_deref(), Some("api"));
         assert!(r.app.starts_with("web-"), "APP-NAME is the pod: {}", r.app);
         assert_eq!(sd_param(r, "pod").as_deref(), Some(r.app.as_str()));
@@ -237,61 +303,135 @@ spec:
   multiline: {start: '^\S', timeoutMs: 200}
   sinks: [{name: s, syslog: {address: "127.0.0.1:{tcp}", facility: local2}}]
 "#;
-    let Some(mut h) = start("filters", routes, None).await else { return };
+    let Some(mut h) = start("filters", routes, None).await else {
+        return;
+    };
     let a = h.pod("pod-a", &[("app", "a")], &[]);
     let b = h.pod("pod-b", &[("app", "b")], &[]);
-    let _ca = h.run(&a, "main", "echo 'ERROR one'; echo 'INFO two'; echo 'ERROR healthz'; echo 'ERROR three'").await;
+    let _ca = h
+        .run(
+            &a,
+            "main",
+            "echo 'ERROR one'; echo 'INFO two'; echo 'ERROR healthz'; echo 'ERROR three'",
+        )
+        .await;
     let _cb = h
-        .run(&b, "main", "echo 'ERROR from b'; printf 'Exception: boom\\n  at one\\n  at two\\nnext\\n' >&2")
+        .run(
+            &b,
+            "main",
+            "echo 'ERROR from b'; printf 'Exception: boom\\n  at one\\n  at two\\nnext\\n' >&2",
+        )
         .await;
     let got = h.rsyslog.wait_for(4, WAIT);
-    let local1: Vec<&str> = got.iter().filter(|r| r.facility == 17).map(|r| r.msg.as_str()).collect();
-    let local2: Vec<&str> = got.iter().filter(|r| r.facility == 18).map(|r| r.msg.as_str()).collect();
-    assert_eq!(local1, vec!["ERROR one", "ERROR three"], "include/exclude on app=a only");
-    assert_eq!(local2, vec!["Exception: boom\n  at one\n  at two", "next"], "stack trace is one record");
-    assert!(got.iter().all(|r| r.app != "pod-b" || r.facility == 18), "app=b never reaches the app=a route");
-    assert!(h.metric("logroute_agent_records_filtered_total") >= 3.0, "filtered records are counted");
+    let local1: Vec<&str> = got
+        .iter()
+        .filter(|r| r.facility == 17)
+        .map(|r| r.msg.as_str())
+        .collect();
+    let local2: Vec<&str> = got
+        .iter()
+        .filter(|r| r.facility == 18)
+        .map(|r| r.msg.as_str())
+        .collect();
+    assert_eq!(
+        local1,
+        vec!["ERROR one", "ERROR three"],
+        "include/exclude on app=a only"
+    );
+    assert_eq!(
+        local2,
+        vec!["Exception: boom\n  at one\n  at two", "next"],
+        "stack trace is one record"
+    );
+    assert!(
+        got.iter().all(|r| r.app != "pod-b" || r.facility == 18),
+        "app=b never reaches the app=a route"
+    );
+    assert!(
+        h.metric("logroute_agent_records_filtered_total") >= 3.0,
+        "filtered records are counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn own_output_and_opted_out_containers_are_never_forwarded() {
-    let Some(mut h) = start("optout", ONE_ROUTE_TCP, Some("logroute-agent-x")).await else { return };
+    let Some(mut h) = start("optout", ONE_ROUTE_TCP, Some("logroute-agent-x")).await else {
+        return;
+    };
     // The agent's own pod, in the namespace the route covers.
     let own = h.pod("logroute-agent-x", &[], &[]);
     let _own = h.run(&own, "agent", "echo SELF").await;
     let p1 = h.pod("ignored-env", &[], &[]);
-    let _c1 = h.run_spec(&p1, "c", Spec::sh("echo LEAK-env").env("LOGSPOUT=ignore")).await;
+    let _c1 = h
+        .run_spec(&p1, "c", Spec::sh("echo LEAK-env").env("LOGSPOUT=ignore"))
+        .await;
     let p2 = h.pod("ignored-label", &[], &[]);
     let mut labels = HashMap::from([("logroute.dev/exclude".to_string(), "true".to_string())]);
     labels.extend(pod_labels(&h.ns, &p2.0, &p2.1, "c"));
     let _c2 = TestContainer::run(&h.docker, Spec::sh("echo LEAK-label").labels(labels)).await;
-    let p3 = h.pod("ignored-annotation", &[], &[("logroute.dev/exclude", "true")]);
+    let p3 = h.pod(
+        "ignored-annotation",
+        &[],
+        &[("logroute.dev/exclude", "true")],
+    );
     let _c3 = h.run(&p3, "c", "echo LEAK-annotation").await;
     let control = h.pod("control", &[], &[]);
     let _c4 = h.run(&control, "c", "sleep 1; echo CONTROL").await;
     let got = h.rsyslog.wait_for(1, WAIT);
-    assert!(got.iter().any(|r| r.msg == "CONTROL"), "the control container is forwarded");
-    let leaked: Vec<&str> = got.iter().map(|r| r.msg.as_str()).filter(|m| *m != "CONTROL").collect();
-    assert!(leaked.is_empty(), "opted-out output was forwarded: {leaked:?}");
+    assert!(
+        got.iter().any(|r| r.msg == "CONTROL"),
+        "the control container is forwarded"
+    );
+    let leaked: Vec<&str> = got
+        .iter()
+        .map(|r| r.msg.as_str())
+        .filter(|m| *m != "CONTROL")
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "opted-out output was forwarded: {leaked:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn routes_change_live_without_losing_lines() {
     let v1 = ONE_ROUTE_TCP.replace("maxMessageBytes: 1048576", "facility: local1");
-    let Some(mut h) = start("live", &v1, None).await else { return };
+    let Some(mut h) = start("live", &v1, None).await else {
+        return;
+    };
     let pod = h.pod("ticker", &[], &[]);
-    let _c = h.run(&pod, "c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo tick-$i; sleep 0.01; done").await;
+    let _c = h
+        .run(
+            &pod,
+            "c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo tick-$i; sleep 0.01; done",
+        )
+        .await;
     h.rsyslog.wait_for(20, WAIT);
     h.write_routes(&ONE_ROUTE_TCP.replace("maxMessageBytes: 1048576", "facility: local2"));
     eventually(WAIT, "records under the changed route", || async {
-        h.rsyslog.received().iter().any(|r| r.facility == 18).then_some(())
+        h.rsyslog
+            .received()
+            .iter()
+            .any(|r| r.facility == 18)
+            .then_some(())
     })
     .await;
-    let added = format!("{}---{}", ONE_ROUTE_TCP.replace("facility: local1", ""), ONE_ROUTE_TCP.replace("name: all", "name: extra").replace("maxMessageBytes: 1048576", "facility: local3"));
+    let added = format!(
+        "{}---{}",
+        ONE_ROUTE_TCP.replace("facility: local1", ""),
+        ONE_ROUTE_TCP
+            .replace("name: all", "name: extra")
+            .replace("maxMessageBytes: 1048576", "facility: local3")
+    );
     h.write_routes(&added);
     h.wait_routes(2).await;
     eventually(WAIT, "records under the added route", || async {
-        h.rsyslog.received().iter().any(|r| r.facility == 19).then_some(())
+        h.rsyslog
+            .received()
+            .iter()
+            .any(|r| r.facility == 19)
+            .then_some(())
     })
     .await;
     h.write_routes("# no routes\n");
@@ -310,13 +450,18 @@ async fn routes_change_live_without_losing_lines() {
         .filter_map(|r| r.msg.strip_prefix("tick-")?.parse().ok())
         .collect();
     let expected: Vec<u64> = (main_route[0]..main_route[0] + main_route.len() as u64).collect();
-    assert_eq!(main_route, expected, "across the change every line arrived once, in order");
+    assert_eq!(
+        main_route, expected,
+        "across the change every line arrived once, in order"
+    );
     assert!(settled.iter().any(|r| r.facility == 17) && settled.iter().any(|r| r.facility == 18));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_lived_containers_arrive_complete() {
-    let Some(mut h) = start("burst", ONE_ROUTE_TCP, None).await else { return };
+    let Some(mut h) = start("burst", ONE_ROUTE_TCP, None).await else {
+        return;
+    };
     const N: usize = 5000;
     let mut containers = Vec::new();
     for i in 0..8 {
@@ -326,7 +471,11 @@ async fn short_lived_containers_arrive_complete() {
     let got = h.rsyslog.wait_for(8 * N, Duration::from_secs(180));
     for (key, records) in by_container(&got) {
         let nums: Vec<usize> = records.iter().filter_map(|r| r.msg.parse().ok()).collect();
-        assert_eq!(nums, (1..=N).collect::<Vec<_>>(), "{key}: complete, once, in order");
+        assert_eq!(
+            nums,
+            (1..=N).collect::<Vec<_>>(),
+            "{key}: complete, once, in order"
+        );
     }
     assert_eq!(got.len(), 8 * N, "nothing repeated");
 }
@@ -347,7 +496,9 @@ spec:
       facility: local4
       tls: {caSecretRef: {name: syslog-ca, key: ca.crt}, serverName: localhost}
 "#;
-    let Some(mut h) = start("outage", &routes, None).await else { return };
+    let Some(mut h) = start("outage", &routes, None).await else {
+        return;
+    };
     let pod = h.pod("steady", &[], &[]);
     let _warm = h.run(&pod, "warm", "echo warm").await;
     h.rsyslog.wait_for(2, WAIT);
@@ -365,7 +516,14 @@ spec:
             .filter(|r| r.facility == facility && sd_param(r, "container").as_deref() == Some("c"))
             .filter_map(|r| r.msg.parse().ok())
             .collect();
-        assert_eq!(nums, (1..=500).collect::<Vec<_>>(), "facility {facility}: all lines after the outage, once");
+        assert_eq!(
+            nums,
+            (1..=500).collect::<Vec<_>>(),
+            "facility {facility}: all lines after the outage, once"
+        );
     }
-    assert!(h.metric("logroute_agent_sink_reconnects_total") >= 2.0, "reconnects are counted");
+    assert!(
+        h.metric("logroute_agent_sink_reconnects_total") >= 2.0,
+        "reconnects are counted"
+    );
 }

@@ -3,6 +3,7 @@
 //! [`Agent::start`] wires the parts together; `logroute agent` and the integration
 //! tests both go through it, so the tests exercise the production path.
 
+pub mod docker;
 pub mod multiline;
 pub mod pipeline;
 pub mod pods;
@@ -73,7 +74,11 @@ pub struct AgentArgs {
 /// Where routes come from.
 pub enum RouteSource {
     /// LogRoute YAML files, recompiled when they change (plain Docker host).
-    Files { paths: Vec<PathBuf>, secrets_dir: Option<PathBuf>, poll: Duration },
+    Files {
+        paths: Vec<PathBuf>,
+        secrets_dir: Option<PathBuf>,
+        poll: Duration,
+    },
     /// The controller's compiled ConfigMaps in the operator namespace.
     Cluster(kube::Client),
 }
@@ -92,7 +97,11 @@ pub struct Agent {
 impl Agent {
     /// Start discovery, routing and sinks. `pods` is this node's pod cache in a cluster
     /// (tests pass one over a store they feed) and `None` on a plain Docker host.
-    pub async fn start(args: &AgentArgs, source: RouteSource, pods: Option<PodCache>) -> anyhow::Result<Self> {
+    pub async fn start(
+        args: &AgentArgs,
+        source: RouteSource,
+        pods: Option<PodCache>,
+    ) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = AgentMetrics::new(&registry);
         let stop = CancellationToken::new();
@@ -107,7 +116,11 @@ impl Agent {
             stop: sink_stop.clone(),
         });
         match source {
-            RouteSource::Files { paths, secrets_dir, poll } => {
+            RouteSource::Files {
+                paths,
+                secrets_dir,
+                poll,
+            } => {
                 tokio::spawn(routes::watch_files(
                     paths,
                     args.namespace.clone(),
@@ -118,7 +131,12 @@ impl Agent {
                 ));
             }
             RouteSource::Cluster(client) => {
-                tokio::spawn(routes::watch_cluster(client, args.namespace.clone(), manager, stop.clone()));
+                tokio::spawn(routes::watch_cluster(
+                    client,
+                    args.namespace.clone(),
+                    manager,
+                    stop.clone(),
+                ));
             }
         }
         let identity = SelfIdentity {
@@ -132,16 +150,32 @@ impl Agent {
             routes: routes.clone(),
             pods,
             identity,
-            read: docker::ReadOptions { max_line_bytes: args.max_line_bytes, ..Default::default() },
+            read: docker::ReadOptions {
+                max_line_bytes: args.max_line_bytes,
+                ..Default::default()
+            },
             start: docker::Cursor::at(crate::record::Timestamp::now()),
             stop: stop.clone(),
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
-        tokio::spawn(docker::watch_containers(docker, events_tx, metrics.clone(), stop.clone()));
+        tokio::spawn(docker::watch_containers(
+            docker,
+            events_tx,
+            metrics.clone(),
+            stop.clone(),
+        ));
         let manager = tokio::spawn(pipeline::manage(ctx, events_rx));
         let ready = Readiness::default();
         ready.set(true);
-        Ok(Self { metrics, registry, ready, routes, stop, sink_stop, manager })
+        Ok(Self {
+            metrics,
+            registry,
+            ready,
+            routes,
+            stop,
+            sink_stop,
+            manager,
+        })
     }
 
     /// The routes in force now.
@@ -175,23 +209,40 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let client = kube::Client::try_default().await.context(
             "no --routes given, so the agent reads routes from the cluster, but no Kubernetes API is reachable; run in a cluster or pass --routes FILE",
         )?;
-        let node = args.node_name.clone().context("--node-name (NODE_NAME) is required in a cluster")?;
+        let node = args
+            .node_name
+            .clone()
+            .context("--node-name (NODE_NAME) is required in a cluster")?;
         let (cache, driver) = PodCache::watch(client.clone(), &node);
         tokio::spawn(driver);
         (RouteSource::Cluster(client), Some(cache))
     } else {
         let poll = Duration::from_secs(2);
-        (RouteSource::Files { paths: args.routes.clone(), secrets_dir: args.secrets_dir.clone(), poll }, None)
+        (
+            RouteSource::Files {
+                paths: args.routes.clone(),
+                secrets_dir: args.secrets_dir.clone(),
+                poll,
+            },
+            None,
+        )
     };
     let agent = Agent::start(&args, source, pods).await?;
     let http_stop = CancellationToken::new();
-    let server = http::serve(args.metrics_addr, agent.registry.clone(), agent.ready.clone(), http_stop.clone())
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
+    let server = http::serve(
+        args.metrics_addr,
+        agent.registry.clone(),
+        agent.ready.clone(),
+        http_stop.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
     tracing::info!(metrics = %args.metrics_addr, "agent running");
     shutdown_signal().await;
     tracing::info!("shutting down");
-    agent.shutdown(Duration::from_secs(args.shutdown_grace_seconds)).await;
+    agent
+        .shutdown(Duration::from_secs(args.shutdown_grace_seconds))
+        .await;
     http_stop.cancel();
     let _ = server.await;
     Ok(())

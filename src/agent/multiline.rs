@@ -37,7 +37,12 @@ pub struct Joiner {
 
 impl Joiner {
     pub fn new(max_lines: u32, max_bytes: usize, timeout: Duration) -> Self {
-        Self { max_lines, max_bytes, timeout, pending: None }
+        Self {
+            max_lines,
+            max_bytes,
+            timeout,
+            pending: None,
+        }
     }
 
     /// Feed one line; returns the previous record when this line completes it. A line
@@ -51,7 +56,11 @@ impl Joiner {
         truncated: bool,
         now: Instant,
     ) -> Option<Joined> {
-        let continues = self.pending.as_ref().is_some_and(|p| p.lines < self.max_lines) && !start.is_match(line);
+        let continues = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.lines < self.max_lines)
+            && !start.is_match(line);
         if continues && let Some(p) = self.pending.as_mut() {
             let j = &mut p.joined;
             if j.message.len() + 1 + line.len() <= self.max_bytes {
@@ -67,7 +76,11 @@ impl Joiner {
         }
         let done = self.pending.take().map(|p| p.joined);
         self.pending = Some(Pending {
-            joined: Joined { timestamp, message: line.to_string(), truncated },
+            joined: Joined {
+                timestamp,
+                message: line.to_string(),
+                truncated,
+            },
             lines: 1,
             deadline: now + self.timeout,
         });
@@ -98,11 +111,25 @@ mod tests {
         let start = Regex::new(r"^\S").expect("regex");
         let now = Instant::now();
         let mut j = Joiner::new(500, 1 << 20, Duration::from_secs(1));
-        assert_eq!(j.push(&start, ts(1), "Exception in thread main", false, now), None);
-        assert_eq!(j.push(&start, ts(2), "  at a.b(C.java:1)", false, now), None);
-        assert_eq!(j.push(&start, ts(3), "  at d.e(F.java:2)", false, now), None);
-        let done = j.push(&start, ts(4), "next record", false, now).expect("previous record completes");
-        assert_eq!(done.message, "Exception in thread main\n  at a.b(C.java:1)\n  at d.e(F.java:2)");
+        assert_eq!(
+            j.push(&start, ts(1), "Exception in thread main", false, now),
+            None
+        );
+        assert_eq!(
+            j.push(&start, ts(2), "  at a.b(C.java:1)", false, now),
+            None
+        );
+        assert_eq!(
+            j.push(&start, ts(3), "  at d.e(F.java:2)", false, now),
+            None
+        );
+        let done = j
+            .push(&start, ts(4), "next record", false, now)
+            .expect("previous record completes");
+        assert_eq!(
+            done.message,
+            "Exception in thread main\n  at a.b(C.java:1)\n  at d.e(F.java:2)"
+        );
         assert_eq!(done.timestamp, ts(1));
         assert_eq!(j.flush().map(|r| r.message), Some("next record".into()));
         assert_eq!(j.flush(), None);
@@ -115,7 +142,9 @@ mod tests {
         let mut j = Joiner::new(2, 12, Duration::from_secs(1));
         assert_eq!(j.push(&start, ts(1), "START", false, now), None);
         assert_eq!(j.push(&start, ts(1), "aaaaaaaaaaaa", false, now), None);
-        let first = j.push(&start, ts(1), "b", false, now).expect("max_lines reached");
+        let first = j
+            .push(&start, ts(1), "b", false, now)
+            .expect("max_lines reached");
         assert_eq!(first.message, "START");
         assert!(first.truncated, "the line that did not fit is marked");
         assert_eq!(j.flush().map(|r| r.message), Some("b".into()));

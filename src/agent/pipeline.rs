@@ -49,7 +49,10 @@ pub struct SelfIdentity {
 
 impl SelfIdentity {
     fn is_self(&self, c: &DockerContainer) -> bool {
-        let by_id = self.container_id.as_deref().is_some_and(|id| !id.is_empty() && c.id.starts_with(id));
+        let by_id = self
+            .container_id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty() && c.id.starts_with(id));
         let by_pod = self.pod.as_ref().is_some_and(|(ns, name)| {
             pods::pod_ref(&c.labels).is_some_and(|r| r.namespace == *ns && r.name == *name)
         });
@@ -73,7 +76,9 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while let Some(event) = events.recv().await {
         tasks.retain(|_, t| !t.is_finished());
-        let ContainerEvent::Running(container) = event else { continue };
+        let ContainerEvent::Running(container) = event else {
+            continue;
+        };
         if tasks.contains_key(&container.id) {
             continue;
         }
@@ -83,7 +88,10 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
         }
         let id = container.id.clone();
         let ctx = ctx.clone();
-        tasks.insert(id, tokio::spawn(async move { follow_container(ctx, container).await }));
+        tasks.insert(
+            id,
+            tokio::spawn(async move { follow_container(ctx, container).await }),
+        );
     }
     for (_, task) in tasks {
         let _ = task.await;
@@ -97,7 +105,9 @@ fn static_exclusion(identity: &SelfIdentity, c: &DockerContainer) -> Option<&'st
     } else if identity.is_self(c) {
         Some("the agent itself")
     } else if !c.logs_readable() {
-        Some("its log driver cannot be read through the Docker API (use json-file, local or journald)")
+        Some(
+            "its log driver cannot be read through the Docker API (use json-file, local or journald)",
+        )
     } else if c.logspout_ignore {
         Some("env LOGSPOUT=ignore")
     } else if c.labels.get(EXCLUDE_KEY).is_some_and(|v| v == "true") {
@@ -121,7 +131,16 @@ async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
         let ctx = ctx.clone();
         let container = container.clone();
         tokio::spawn(async move {
-            docker::follow(&ctx.docker, &container, Some(ctx.start), &ctx.read, &tx, &ctx.metrics, &ctx.stop).await
+            docker::follow(
+                &ctx.docker,
+                &container,
+                Some(ctx.start),
+                &ctx.read,
+                &tx,
+                &ctx.metrics,
+                &ctx.stop,
+            )
+            .await
         })
     };
     loop {
@@ -153,8 +172,12 @@ async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
     router.flush_all().await;
     match reader.await {
         Ok(Ok(_)) => tracing::info!(container = %container.name, "container log read to the end"),
-        Ok(Err(e)) => tracing::warn!(container = %container.name, error = %e, "stopped reading container"),
-        Err(e) => tracing::error!(container = %container.name, error = %e, "log reader task failed"),
+        Ok(Err(e)) => {
+            tracing::warn!(container = %container.name, error = %e, "stopped reading container")
+        }
+        Err(e) => {
+            tracing::error!(container = %container.name, error = %e, "log reader task failed")
+        }
     }
 }
 
@@ -172,7 +195,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn resolve_info(ctx: &AgentContext, c: &DockerContainer, pod_ref: Option<&PodRef>) -> ContainerInfo {
+async fn resolve_info(
+    ctx: &AgentContext,
+    c: &DockerContainer,
+    pod_ref: Option<&PodRef>,
+) -> ContainerInfo {
     let Some(r) = pod_ref else {
         return container_info(ctx, c, None);
     };
@@ -208,17 +235,29 @@ async fn resolve_info_now(ctx: &AgentContext, c: &DockerContainer, r: &PodRef) -
 }
 
 /// Labels of a pod's sandbox container (plain Docker host mode).
-async fn sandbox_labels(docker: &bollard::Docker, pod_uid: &str) -> Option<BTreeMap<String, String>> {
+async fn sandbox_labels(
+    docker: &bollard::Docker,
+    pod_uid: &str,
+) -> Option<BTreeMap<String, String>> {
     if pod_uid.is_empty() {
         return None;
     }
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
-        vec![format!("{}={pod_uid}", pods::POD_UID_LABEL), format!("{}=podsandbox", pods::DOCKER_TYPE_LABEL)],
+        vec![
+            format!("{}={pod_uid}", pods::POD_UID_LABEL),
+            format!("{}=podsandbox", pods::DOCKER_TYPE_LABEL),
+        ],
     )]);
-    let options = bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let options = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
     let list = docker.list_containers(Some(options)).await.ok()?;
-    list.into_iter().find_map(|s| s.labels).map(|l| l.into_iter().collect())
+    list.into_iter()
+        .find_map(|s| s.labels)
+        .map(|l| l.into_iter().collect())
 }
 
 fn container_info(ctx: &AgentContext, c: &DockerContainer, pod: Option<PodInfo>) -> ContainerInfo {
@@ -255,11 +294,18 @@ fn stream_index(s: StreamName) -> usize {
 
 impl Router {
     fn new(info: ContainerInfo, max_bytes: usize) -> Self {
-        Self { info: Arc::new(info), routes: Vec::new(), max_bytes }
+        Self {
+            info: Arc::new(info),
+            routes: Vec::new(),
+            max_bytes,
+        }
     }
 
     fn excluded_by_pod(&self) -> bool {
-        self.info.pod.as_ref().is_some_and(|p| p.annotations.get(EXCLUDE_KEY).is_some_and(|v| v == "true"))
+        self.info
+            .pod
+            .as_ref()
+            .is_some_and(|p| p.annotations.get(EXCLUDE_KEY).is_some_and(|v| v == "true"))
     }
 
     /// Re-evaluate which routes take this container. Call after flushing.
@@ -275,7 +321,13 @@ impl Router {
             .map(|r| Matched {
                 route: r.clone(),
                 joiners: r.matcher.document.multiline.as_ref().map(|m| {
-                    let joiner = || Joiner::new(m.max_lines, self.max_bytes, Duration::from_millis(m.timeout_ms.into()));
+                    let joiner = || {
+                        Joiner::new(
+                            m.max_lines,
+                            self.max_bytes,
+                            Duration::from_millis(m.timeout_ms.into()),
+                        )
+                    };
                     [joiner(), joiner()]
                 }),
             })
@@ -283,7 +335,11 @@ impl Router {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.routes.iter().flat_map(|m| m.joiners.iter().flatten()).filter_map(Joiner::deadline).min()
+        self.routes
+            .iter()
+            .flat_map(|m| m.joiners.iter().flatten())
+            .filter_map(Joiner::deadline)
+            .min()
     }
 
     async fn route_lines(&mut self, lines: &[LogLine], now: Instant) {
@@ -300,9 +356,16 @@ impl Router {
                 }
                 match &mut m.joiners {
                     Some(joiners) => {
-                        let start = m.route.matcher.multiline_start.as_ref().expect("multiline routes have a start");
+                        let start = m
+                            .route
+                            .matcher
+                            .multiline_start
+                            .as_ref()
+                            .expect("multiline routes have a start");
                         let joiner = &mut joiners[stream_index(line.stream)];
-                        if let Some(done) = joiner.push(start, line.timestamp, &line.message, line.truncated, now) {
+                        if let Some(done) =
+                            joiner.push(start, line.timestamp, &line.message, line.truncated, now)
+                        {
                             let record = Arc::new(joined_record(&self.info, line.stream, done));
                             emit(&m.route, record).await;
                         }
@@ -336,13 +399,19 @@ impl Router {
 
     async fn flush(&mut self, due: impl Fn(&Joiner) -> bool) {
         for m in &mut self.routes {
-            let Some(joiners) = &mut m.joiners else { continue };
+            let Some(joiners) = &mut m.joiners else {
+                continue;
+            };
             for (i, joiner) in joiners.iter_mut().enumerate() {
                 if !due(joiner) {
                     continue;
                 }
                 if let Some(done) = joiner.flush() {
-                    let stream = if i == 0 { StreamName::Stdout } else { StreamName::Stderr };
+                    let stream = if i == 0 {
+                        StreamName::Stdout
+                    } else {
+                        StreamName::Stderr
+                    };
                     emit(&m.route, Arc::new(joined_record(&self.info, stream, done))).await;
                 }
             }
@@ -351,7 +420,13 @@ impl Router {
 }
 
 fn joined_record(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {
-    Record { container: info.clone(), stream, timestamp: j.timestamp, message: j.message, truncated: j.truncated }
+    Record {
+        container: info.clone(),
+        stream,
+        timestamp: j.timestamp,
+        message: j.message,
+        truncated: j.truncated,
+    }
 }
 
 /// Apply the route's message filters and queue the record for each of its sinks. A full

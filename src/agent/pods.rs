@@ -34,7 +34,10 @@ pub struct PodRef {
 
 /// `Some` for a cri-dockerd workload container; `None` for host containers and sandboxes.
 pub fn pod_ref(labels: &BTreeMap<String, String>) -> Option<PodRef> {
-    if labels.get(DOCKER_TYPE_LABEL).is_some_and(|t| t != "container") {
+    if labels
+        .get(DOCKER_TYPE_LABEL)
+        .is_some_and(|t| t != "container")
+    {
         return None;
     }
     Some(PodRef {
@@ -47,7 +50,11 @@ pub fn pod_ref(labels: &BTreeMap<String, String>) -> Option<PodRef> {
 
 /// Pod metadata from the API object.
 pub fn pod_info_from_pod(r: &PodRef, pod: &Pod) -> PodInfo {
-    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true)).or(pod.owner_references().first());
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or(pod.owner_references().first());
     PodInfo {
         namespace: r.namespace.clone(),
         name: r.name.clone(),
@@ -63,7 +70,10 @@ pub fn pod_info_from_pod(r: &PodRef, pod: &Pod) -> PodInfo {
 /// Pod metadata on a plain Docker host: labels and annotations from the sandbox
 /// container's labels when it exists (cri-dockerd copies them there), else only what
 /// the workload container's labels say.
-pub fn pod_info_from_sandbox(r: &PodRef, sandbox_labels: Option<&BTreeMap<String, String>>) -> PodInfo {
+pub fn pod_info_from_sandbox(
+    r: &PodRef,
+    sandbox_labels: Option<&BTreeMap<String, String>>,
+) -> PodInfo {
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
     for (k, v) in sandbox_labels.into_iter().flatten() {
@@ -164,7 +174,8 @@ impl PodFeed {
     }
 
     pub fn delete(&mut self, pod: Pod) {
-        self.writer.apply_watcher_event(&watcher::Event::Delete(pod));
+        self.writer
+            .apply_watcher_event(&watcher::Event::Delete(pod));
         self.tick.send_modify(|n| *n += 1);
     }
 }
@@ -174,7 +185,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -187,7 +201,14 @@ mod tests {
             (DOCKER_TYPE_LABEL, "container"),
         ]);
         let r = pod_ref(&workload).expect("pod container");
-        assert_eq!((r.namespace.as_str(), r.name.as_str(), r.container_name.as_str()), ("shop", "web-1", "nginx"));
+        assert_eq!(
+            (
+                r.namespace.as_str(),
+                r.name.as_str(),
+                r.container_name.as_str()
+            ),
+            ("shop", "web-1", "nginx")
+        );
         let mut sandbox = workload.clone();
         sandbox.insert(DOCKER_TYPE_LABEL.into(), "podsandbox".into());
         assert_eq!(pod_ref(&sandbox), None);
@@ -196,7 +217,12 @@ mod tests {
 
     #[test]
     fn sandbox_labels_give_pod_labels_and_annotations() {
-        let r = PodRef { namespace: "shop".into(), name: "web-1".into(), uid: "u1".into(), container_name: "nginx".into() };
+        let r = PodRef {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "u1".into(),
+            container_name: "nginx".into(),
+        };
         let sandbox = labels(&[
             ("app", "web"),
             (POD_NAME_LABEL, "web-1"),
@@ -204,6 +230,11 @@ mod tests {
         ]);
         let info = pod_info_from_sandbox(&r, Some(&sandbox));
         assert_eq!(info.labels, labels(&[("app", "web")]));
-        assert_eq!(info.annotations.get("logroute.dev/exclude").map(String::as_str), Some("true"));
+        assert_eq!(
+            info.annotations
+                .get("logroute.dev/exclude")
+                .map(String::as_str),
+            Some("true")
+        );
     }
 }

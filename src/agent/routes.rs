@@ -93,7 +93,15 @@ pub struct RouteTableManager {
 impl RouteTableManager {
     pub fn new(settings: SinkSettings) -> (Self, watch::Receiver<Arc<RouteTable>>) {
         let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
-        (Self { current: BTreeMap::new(), rejected: 0, tx, settings }, rx)
+        (
+            Self {
+                current: BTreeMap::new(),
+                rejected: 0,
+                tx,
+                settings,
+            },
+            rx,
+        )
     }
 
     /// Replace the set of routes. Unchanged routes keep their workers; a route whose
@@ -127,14 +135,19 @@ impl RouteTableManager {
         self.current = next;
         self.rejected = rejected;
         let m = &self.settings.metrics;
-        m.routes_loaded.with_label_values(&["active"]).set(self.current.len() as i64);
-        m.routes_loaded.with_label_values(&["rejected"]).set(rejected as i64);
+        m.routes_loaded
+            .with_label_values(&["active"])
+            .set(self.current.len() as i64);
+        m.routes_loaded
+            .with_label_values(&["rejected"])
+            .set(rejected as i64);
         let routes = self.current.values().map(|(_, a)| a.clone()).collect();
         self.tx.send_replace(Arc::new(RouteTable { routes }));
     }
 
     fn build(&self, key: &str, input: &RouteInput) -> Result<ActiveRoute, String> {
-        let matcher = RouteMatcher::new(input.document.clone()).map_err(|e| format!("bad pattern: {e}"))?;
+        let matcher =
+            RouteMatcher::new(input.document.clone()).map_err(|e| format!("bad pattern: {e}"))?;
         let credentials = Arc::new(input.credentials.clone());
         let m = &self.settings.metrics;
         let mut sinks = Vec::new();
@@ -146,8 +159,14 @@ impl RouteTableManager {
                 credentials: credentials.clone(),
                 node: self.settings.node.clone(),
             };
-            let client = SinkClient::new(sink, ctx.clone()).map_err(|e| format!("sink {}: {e}", sink.name))?;
-            let (queue, _handle) = worker::spawn(client, ctx, self.settings.queue_records, self.settings.stop.clone());
+            let client = SinkClient::new(sink, ctx.clone())
+                .map_err(|e| format!("sink {}: {e}", sink.name))?;
+            let (queue, _handle) = worker::spawn(
+                client,
+                ctx,
+                self.settings.queue_records,
+                self.settings.stop.clone(),
+            );
             sinks.push(SinkHandle {
                 name: sink.name.clone(),
                 queue,
@@ -156,7 +175,12 @@ impl RouteTableManager {
         }
         let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude]
             .map(|f| m.records_filtered.with_label_values(&[key, f.as_str()]));
-        Ok(ActiveRoute { key: key.to_string(), matcher, sinks, filtered })
+        Ok(ActiveRoute {
+            key: key.to_string(),
+            matcher,
+            sinks,
+            filtered,
+        })
     }
 }
 
@@ -185,10 +209,12 @@ pub fn load_file(
     operator_namespace: &str,
     secrets: Option<&dyn SecretLookup>,
 ) -> Result<BTreeMap<String, RouteInput>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut out = BTreeMap::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde::Deserialize::deserialize(doc).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
+        let value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
         if matches!(value, serde_yaml::Value::Null) {
             continue;
         }
@@ -197,13 +223,28 @@ pub fn load_file(
         if route.metadata.namespace.is_none() {
             route.metadata.namespace = Some("default".into());
         }
-        let env = CompileEnv { operator_namespace, namespaces: None, secrets };
+        let env = CompileEnv {
+            operator_namespace,
+            namespaces: None,
+            secrets,
+        };
         let compiled = compile(&route, &env).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            format!("{}: {} is invalid: {}", path.display(), route.name_any(), list.join("; "))
+            format!(
+                "{}: {} is invalid: {}",
+                path.display(),
+                route.name_any(),
+                list.join("; ")
+            )
         })?;
         let key = compiled.document.route.key();
-        out.insert(key, RouteInput { document: compiled.document, credentials: compiled.credentials });
+        out.insert(
+            key,
+            RouteInput {
+                document: compiled.document,
+                credentials: compiled.credentials,
+            },
+        );
     }
     Ok(out)
 }
@@ -229,16 +270,28 @@ pub async fn watch_files(
                 continue;
             }
             seen.insert(path.clone(), mtime);
-            match load_file(path, &operator_namespace, secrets.as_ref().map(|s| s as &dyn SecretLookup)) {
+            match load_file(
+                path,
+                &operator_namespace,
+                secrets.as_ref().map(|s| s as &dyn SecretLookup),
+            ) {
                 Ok(routes) => {
                     last_good.insert(path.clone(), routes);
                     changed = true;
                 }
-                Err(e) => tracing::error!(error = %e, "routes file rejected; keeping its previous routes"),
+                Err(e) => {
+                    tracing::error!(error = %e, "routes file rejected; keeping its previous routes")
+                }
             }
         }
         if changed {
-            manager.apply(last_good.values().flatten().map(|(k, v)| (k.clone(), v.clone())).collect());
+            manager.apply(
+                last_good
+                    .values()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -252,15 +305,23 @@ pub async fn watch_files(
 /// the agent cannot read (a newer version, malformed) is refused loudly and the route's
 /// previous version stays in force; a route whose credentials Secret has not arrived yet
 /// waits for it.
-pub async fn watch_cluster(client: Client, namespace: String, mut manager: RouteTableManager, stop: CancellationToken) {
+pub async fn watch_cluster(
+    client: Client,
+    namespace: String,
+    mut manager: RouteTableManager,
+    stop: CancellationToken,
+) {
     let config = watcher::Config::default().labels(ROUTE_LABEL);
     let (maps, maps_writer) = reflector::store::<ConfigMap>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let map_events = watcher(Api::<ConfigMap>::namespaced(client.clone(), &namespace), config.clone())
-        .default_backoff()
-        .reflect(maps_writer)
-        .touched_objects()
-        .map(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    let map_events = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        config.clone(),
+    )
+    .default_backoff()
+    .reflect(maps_writer)
+    .touched_objects()
+    .map(|r| r.map(|_| ()).map_err(|e| e.to_string()));
     let secret_events = watcher(Api::<Secret>::namespaced(client, &namespace), config)
         .default_backoff()
         .reflect(secrets_writer)
@@ -299,7 +360,12 @@ fn cluster_inputs(
         let document = match CompiledRoute::from_json(text) {
             Ok(d) => d,
             Err(e) => {
-                let kept = previous.iter().find(|(_, v)| crate::route::compiled_object_name(&v.document.route.namespace, &v.document.route.name) == name);
+                let kept = previous.iter().find(|(_, v)| {
+                    crate::route::compiled_object_name(
+                        &v.document.route.namespace,
+                        &v.document.route.name,
+                    ) == name
+                });
                 tracing::error!(configmap = %name, error = %e, kept_previous = kept.is_some(), "route document refused");
                 if let Some((k, v)) = kept {
                     out.insert(k.clone(), v.clone());
@@ -310,9 +376,17 @@ fn cluster_inputs(
         let credentials = match &document.credentials_secret {
             None => Credentials::new(),
             Some(secret_name) => {
-                let found = secrets.state().into_iter().find(|s| s.name_any() == *secret_name);
+                let found = secrets
+                    .state()
+                    .into_iter()
+                    .find(|s| s.name_any() == *secret_name);
                 match found {
-                    Some(s) => s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+                    Some(s) => s
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect(),
                     None => {
                         tracing::warn!(configmap = %name, secret = %secret_name, "credentials Secret not there yet; route waits");
                         continue;
@@ -320,7 +394,13 @@ fn cluster_inputs(
                 }
             }
         };
-        out.insert(document.route.key(), RouteInput { document, credentials });
+        out.insert(
+            document.route.key(),
+            RouteInput {
+                document,
+                credentials,
+            },
+        );
     }
     out
 }

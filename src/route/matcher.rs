@@ -41,7 +41,9 @@ impl Filtered {
 }
 
 fn build(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build()
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
 }
 
 impl RouteMatcher {
@@ -52,7 +54,11 @@ impl RouteMatcher {
         Ok(Self {
             include: filter.include.as_deref().map(build).transpose()?,
             exclude: filter.exclude.as_deref().map(build).transpose()?,
-            multiline_start: document.multiline.as_ref().map(|m| build(&m.start)).transpose()?,
+            multiline_start: document
+                .multiline
+                .as_ref()
+                .map(|m| build(&m.start))
+                .transpose()?,
             stdout: document.selector.streams.contains(&StreamName::Stdout),
             stderr: document.selector.streams.contains(&StreamName::Stderr),
             document,
@@ -67,16 +73,22 @@ impl RouteMatcher {
             Some(pod) => {
                 let in_scope = match &doc.scope.namespaces {
                     NamespaceScope::All => true,
-                    NamespaceScope::List(names) => names.iter().any(|n| *n == pod.namespace),
+                    NamespaceScope::List(names) => names.contains(&pod.namespace),
                 };
                 in_scope
-                    && labels_match(&doc.selector.match_labels, &doc.selector.match_expressions, &pod.labels)
+                    && labels_match(
+                        &doc.selector.match_labels,
+                        &doc.selector.match_expressions,
+                        &pod.labels,
+                    )
                     && (doc.selector.containers.is_empty()
-                        || doc.selector.containers.iter().any(|n| *n == pod.container_name))
+                        || doc.selector.containers.contains(&pod.container_name))
             }
             None => doc.scope.host_containers.as_ref().is_some_and(|h| {
-                (h.names.is_empty() || h.names.iter().any(|n| *n == c.name))
-                    && h.match_labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+                (h.names.is_empty() || h.names.contains(&c.name))
+                    && h.match_labels
+                        .iter()
+                        .all(|(k, v)| c.labels.get(k) == Some(v))
             }),
         }
     }
@@ -115,15 +127,26 @@ mod tests {
     fn doc(namespaces: NamespaceScope, host: Option<HostContainerSelector>) -> CompiledRoute {
         CompiledRoute {
             version: DOCUMENT_VERSION,
-            route: RouteIdentity { namespace: "a".into(), name: "r".into(), uid: None, generation: None },
-            scope: Scope { namespaces, host_containers: host },
+            route: RouteIdentity {
+                namespace: "a".into(),
+                name: "r".into(),
+                uid: None,
+                generation: None,
+            },
+            scope: Scope {
+                namespaces,
+                host_containers: host,
+            },
             selector: PodSelector {
                 match_labels: BTreeMap::from([("app".into(), "a".into())]),
                 match_expressions: vec![],
                 containers: vec![],
                 streams: vec![StreamName::Stderr],
             },
-            filter: Some(CompiledFilter { include: Some("ERROR".into()), exclude: Some("healthz".into()) }),
+            filter: Some(CompiledFilter {
+                include: Some("ERROR".into()),
+                exclude: Some("healthz".into()),
+            }),
             multiline: None,
             sinks: vec![],
             credentials_secret: None,
@@ -147,10 +170,17 @@ mod tests {
 
     #[test]
     fn pods_only_in_scope_and_matching_labels() {
-        let m = RouteMatcher::new(doc(NamespaceScope::List(vec!["a".into()]), None)).expect("valid");
+        let m =
+            RouteMatcher::new(doc(NamespaceScope::List(vec!["a".into()]), None)).expect("valid");
         assert!(m.matches_container(&pod_container("a", "a")));
-        assert!(!m.matches_container(&pod_container("b", "a")), "other namespace is never visible");
-        assert!(!m.matches_container(&pod_container("a", "b")), "label selector");
+        assert!(
+            !m.matches_container(&pod_container("b", "a")),
+            "other namespace is never visible"
+        );
+        assert!(
+            !m.matches_container(&pod_container("a", "b")),
+            "label selector"
+        );
         let all = RouteMatcher::new(doc(NamespaceScope::All, None)).expect("valid");
         assert!(all.matches_container(&pod_container("b", "a")));
     }
@@ -164,13 +194,24 @@ mod tests {
         };
         let none = RouteMatcher::new(doc(NamespaceScope::All, None)).expect("valid");
         assert!(!none.matches_container(&host));
-        let by_name = HostContainerSelector { names: vec!["nginx".into()], ..Default::default() };
-        assert!(RouteMatcher::new(doc(NamespaceScope::All, Some(by_name))).expect("valid").matches_container(&host));
+        let by_name = HostContainerSelector {
+            names: vec!["nginx".into()],
+            ..Default::default()
+        };
+        assert!(
+            RouteMatcher::new(doc(NamespaceScope::All, Some(by_name)))
+                .expect("valid")
+                .matches_container(&host)
+        );
         let by_label = HostContainerSelector {
             match_labels: BTreeMap::from([("tier".into(), "db".into())]),
             ..Default::default()
         };
-        assert!(!RouteMatcher::new(doc(NamespaceScope::All, Some(by_label))).expect("valid").matches_container(&host));
+        assert!(
+            !RouteMatcher::new(doc(NamespaceScope::All, Some(by_label)))
+                .expect("valid")
+                .matches_container(&host)
+        );
     }
 
     #[test]

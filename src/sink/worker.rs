@@ -22,7 +22,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Backoff before retry number `attempt` (1-based): doubling from 100 ms to 10 s, with
 /// up to 25 % jitter so that many workers do not retry in lockstep.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = BACKOFF_START.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
     let jitter = base.mul_f64(fastrand::f64() * 0.25);
     base + jitter
 }
@@ -41,11 +43,25 @@ pub fn spawn(
     (tx, handle)
 }
 
-async fn run(mut client: SinkClient, ctx: SinkContext, mut rx: mpsc::Receiver<Arc<Record>>, stop: CancellationToken) {
+async fn run(
+    mut client: SinkClient,
+    ctx: SinkContext,
+    mut rx: mpsc::Receiver<Arc<Record>>,
+    stop: CancellationToken,
+) {
     let kind = client.kind();
-    let depth = ctx.metrics.queue_depth.with_label_values(&[&ctx.route, &ctx.sink]);
-    let retries = ctx.metrics.send_retries.with_label_values(&[kind, &ctx.route, &ctx.sink]);
-    let dropped = ctx.metrics.records_dropped.with_label_values(&[&ctx.route, &ctx.sink, "shutdown"]);
+    let depth = ctx
+        .metrics
+        .queue_depth
+        .with_label_values(&[&ctx.route, &ctx.sink]);
+    let retries = ctx
+        .metrics
+        .send_retries
+        .with_label_values(&[kind, &ctx.route, &ctx.sink]);
+    let dropped = ctx
+        .metrics
+        .records_dropped
+        .with_label_values(&[&ctx.route, &ctx.sink, "shutdown"]);
     let mut batch: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -99,10 +115,19 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         let d1 = backoff(1);
-        assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(125), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(125),
+            "{d1:?}"
+        );
         let d4 = backoff(4);
-        assert!(d4 >= Duration::from_millis(800) && d4 <= Duration::from_millis(1000), "{d4:?}");
+        assert!(
+            d4 >= Duration::from_millis(800) && d4 <= Duration::from_millis(1000),
+            "{d4:?}"
+        );
         let d30 = backoff(30);
-        assert!(d30 >= BACKOFF_MAX && d30 <= BACKOFF_MAX.mul_f64(1.25), "{d30:?}");
+        assert!(
+            d30 >= BACKOFF_MAX && d30 <= BACKOFF_MAX.mul_f64(1.25),
+            "{d30:?}"
+        );
     }
 }
