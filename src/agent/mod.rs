@@ -1,5 +1,7 @@
 //! The node agent: Docker logs → pod metadata → routes → sinks.
 
+pub mod docker;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
