@@ -9,6 +9,8 @@ pub mod pipeline;
 pub mod pods;
 pub mod routes;
 
+pub mod docker;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
