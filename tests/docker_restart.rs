@@ -161,7 +161,9 @@ async fn restart_dockerd() {
     .await;
     let log_path = std::env::temp_dir().join("logroute-test-dockerd.log");
     let log = std::fs::File::create(&log_path).expect("dockerd log file");
-    Command::new("setsid")
+    // The new daemon must outlive this test process, so it is deliberately not waited on.
+    #[allow(clippy::zombie_processes)]
+    let _dockerd = Command::new("setsid")
         .args(["dockerd", "--live-restore"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file handle"))

@@ -9,8 +9,6 @@ pub mod pipeline;
 pub mod pods;
 pub mod routes;
 
-pub mod docker;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
