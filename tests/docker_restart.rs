@@ -190,13 +190,18 @@ async fn restart_dockerd() {
     wait_dead_and_unlink(MANAGED_CONTAINERD_PID_FILE, Duration::from_secs(5)).await;
     let log_path = std::env::temp_dir().join("logroute-test-dockerd.log");
     let log = std::fs::File::create(&log_path).expect("dockerd log file");
-    Command::new("setsid")
-        .args(["dockerd", "--live-restore"])
+    // `setsid --fork`: the daemon runs in its own session and outlives this test.
+    let started = Command::new("setsid")
+        .args(["--fork", "dockerd", "--live-restore"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file handle"))
         .stderr(log)
-        .spawn()
+        .status()
         .expect("start dockerd --live-restore");
+    assert!(
+        started.success(),
+        "setsid --fork dockerd --live-restore failed: {started}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let answered = loop {
         // The socket file is recreated by the new daemon: connect anew each time.
