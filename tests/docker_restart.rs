@@ -1,8 +1,10 @@
 //! dockerd restarted under the agent's feet. Its own test binary with a single test, so
 //! that no other Docker test of this crate runs while the daemon is down.
 //!
-//! The daemon is killed (SIGKILL: containers keep running under containerd) and started
-//! again with `--live-restore`, which reattaches to them and resumes copying their output.
+//! The daemon is killed (SIGKILL, as in a crash: the containers keep running under their
+//! shims; a containerd that dockerd started dies with it and is started again) and then
+//! started again with `--live-restore`, which reattaches to the containers and resumes
+//! copying their output.
 //! CI starts dockerd with `--live-restore` as well, so that this restart, like any later
 //! one, leaves the containers of other tests running.
 
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use support::docker::{Spec, TestContainer, eventually};
 
 const PID_FILE: &str = "/var/run/docker.pid";
-const LINES: usize = 150;
+const MANAGED_CONTAINERD_PID_FILE: &str = "/var/run/docker/containerd/containerd.pid";
+const LINES: usize = 300;
 
 #[tokio::test]
 async fn reading_survives_a_dockerd_restart() {
@@ -139,6 +142,36 @@ async fn reading_survives_a_dockerd_restart() {
     watcher.await.expect("watcher task");
 }
 
+/// True when `pid` has exited: no /proc entry, or a zombie not reaped yet.
+fn dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// Wait for the process named in `pid_file` to die (up to `timeout`), then remove the
+/// file: a killed process stays a zombie until its parent reaps it, and dockerd takes
+/// a pid file whose process has a /proc entry for a daemon still running. Returns
+/// whether the process died.
+async fn wait_dead_and_unlink(pid_file: &str, timeout: Duration) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return true;
+    };
+    let pid = pid.trim().to_string();
+    let deadline = Instant::now() + timeout;
+    while !dead(&pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(pid_file);
+    true
+}
+
 /// Kill dockerd and start it again with `--live-restore`; returns once it answers.
 async fn restart_dockerd() {
     let pid = std::fs::read_to_string(PID_FILE).expect("read dockerd pid file");
@@ -148,28 +181,27 @@ async fn restart_dockerd() {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -KILL {pid} failed");
-    eventually(
-        Duration::from_secs(20),
-        "the killed dockerd to exit",
-        || {
-            let gone = !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z "));
-            async move { gone.then_some(()) }
-        },
-    )
-    .await;
+    assert!(
+        wait_dead_and_unlink(PID_FILE, Duration::from_secs(20)).await,
+        "dockerd {pid} survived SIGKILL"
+    );
+    // A containerd that dockerd started itself is killed along with it (parent-death
+    // signal); a system containerd keeps running and is reused.
+    wait_dead_and_unlink(MANAGED_CONTAINERD_PID_FILE, Duration::from_secs(5)).await;
     let log_path = std::env::temp_dir().join("logroute-test-dockerd.log");
     let log = std::fs::File::create(&log_path).expect("dockerd log file");
-    // The new daemon must outlive this test process, so it is deliberately not waited on.
-    #[allow(clippy::zombie_processes)]
-    let _dockerd = Command::new("setsid")
-        .args(["dockerd", "--live-restore"])
+    // `setsid --fork`: the daemon runs in its own session and outlives this test.
+    let started = Command::new("setsid")
+        .args(["--fork", "dockerd", "--live-restore"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file handle"))
         .stderr(log)
-        .spawn()
+        .status()
         .expect("start dockerd --live-restore");
+    assert!(
+        started.success(),
+        "setsid --fork dockerd --live-restore failed: {started}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let answered = loop {
         // The socket file is recreated by the new daemon: connect anew each time.

@@ -5,7 +5,9 @@
 //! one, all stamped with the first fragment's time, and a container's last output may end
 //! without a newline at all. TTY containers are not multiplexed: bollard hands over one
 //! chunk per `\n`, in which the fragments of a long line follow each other with their
-//! timestamp prefix repeated inside the chunk.
+//! timestamp prefix repeated inside the chunk. (So for TTY containers the memory bound
+//! is bollard's: it holds a whole line before handing it over; the cut to
+//! `max_line_bytes` happens after. Multiplexed streams come in frames of at most 16 KiB.)
 
 use std::borrow::Cow;
 

@@ -10,7 +10,7 @@
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ pub struct ReadOptions {
     pub max_line_bytes: usize,
     /// Most lines per batch sent to the pipeline.
     pub batch_lines: usize,
+    /// Most message bytes per batch (a batch may exceed it by one line).
+    pub batch_bytes: usize,
 }
 
 impl Default for ReadOptions {
@@ -36,6 +38,7 @@ impl Default for ReadOptions {
         ReadOptions {
             max_line_bytes: 1024 * 1024,
             batch_lines: 512,
+            batch_bytes: 1024 * 1024,
         }
     }
 }
@@ -180,31 +183,38 @@ impl Reader<'_> {
         };
         let mut stream = self.docker.logs(&self.container.id, Some(options));
         let mut new = false;
+        let mut batch: Vec<LogLine> = Vec::new();
+        let mut batch_bytes = 0;
+        // Set once the stream is over: `Ok` at its end, `Err` on a failure.
+        let mut outcome: Option<Result<(), DockerError>> = None;
+        // Reading goes on while the receiver is busy, so that a slow receiver gets
+        // bigger batches rather than one line per turn; bounded by lines and bytes.
         loop {
-            let first = tokio::select! {
+            let full = batch.len() >= self.opts.batch_lines || batch_bytes >= self.opts.batch_bytes;
+            tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(ReadEnd::Shutdown),
-                item = stream.next() => item,
-            };
-            let mut batch = Vec::new();
-            let mut outcome = self.take(first, &mut batch, &mut new);
-            // Whatever else is already here goes into the same batch.
-            while outcome.is_none() && batch.len() < self.opts.batch_lines {
-                match stream.next().now_or_never() {
-                    Some(item) => outcome = self.take(item, &mut batch, &mut new),
-                    None => break,
+                item = stream.next(), if outcome.is_none() && !full => {
+                    let before = batch.len();
+                    outcome = self.take(item, &mut batch, &mut new);
+                    if to_end && matches!(outcome, Some(Ok(()))) {
+                        self.lines.flush(&mut batch);
+                    }
+                    batch_bytes += batch[before..].iter().map(|l| l.message.len()).sum::<usize>();
+                }
+                permit = self.tx.reserve(), if !batch.is_empty() => {
+                    let permit = permit.map_err(|_| DockerError::ReceiverClosed { container: self.container.display() })?;
+                    self.sent = self.count(&batch);
+                    permit.send(std::mem::take(&mut batch));
+                    batch_bytes = 0;
                 }
             }
-            if to_end && matches!(outcome, Some(Ok(()))) {
-                self.lines.flush(&mut batch);
-            }
-            if !batch.is_empty() && !self.send(batch).await? {
-                return Ok(ReadEnd::Shutdown);
-            }
-            match outcome {
-                None => {}
-                Some(Ok(())) => return Ok(ReadEnd::Ended { new }),
-                Some(Err(e)) => return Err(e),
+            if batch.is_empty() {
+                match outcome.take() {
+                    None => {}
+                    Some(Ok(())) => return Ok(ReadEnd::Ended { new }),
+                    Some(Err(e)) => return Err(e),
+                }
             }
         }
     }
@@ -242,15 +252,12 @@ impl Reader<'_> {
         None
     }
 
-    /// Count and hand over a batch; false on shutdown.
-    async fn send(&mut self, batch: Vec<LogLine>) -> Result<bool, DockerError> {
-        let Some(last) = batch.last().map(|l| l.cursor) else {
-            return Ok(true);
-        };
+    /// Count a batch about to be handed over; returns the cursor after it.
+    fn count(&self, batch: &[LogLine]) -> Cursor {
         // [stdout, stderr] x [records, bytes], then one update per label.
         let mut counts = [[0u64; 2]; 2];
         let mut truncated = 0;
-        for line in &batch {
+        for line in batch {
             let c = &mut counts[usize::from(line.stream == StreamName::Stderr)];
             c[0] += 1;
             c[1] += line.message.len() as u64;
@@ -272,16 +279,6 @@ impl Reader<'_> {
             }
         }
         self.metrics.lines_truncated.inc_by(truncated);
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => Ok(false),
-            sent = self.tx.send(batch) => match sent {
-                Ok(()) => {
-                    self.sent = last;
-                    Ok(true)
-                }
-                Err(_) => Err(DockerError::ReceiverClosed { container: self.container.display() }),
-            },
-        }
+        batch.last().map_or(self.sent, |l| l.cursor)
     }
 }
