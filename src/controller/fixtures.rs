@@ -1,0 +1,1 @@
+//! Scripted API server for reconcile tests.

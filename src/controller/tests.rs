@@ -1,0 +1,1 @@
+//! Reconcile scenarios against the scripted API server.
