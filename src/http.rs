@@ -48,7 +48,9 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, ready });
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics server stopped");
         }

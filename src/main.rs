@@ -6,10 +6,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "logroute", version, about = "Route container logs by LogRoute resources")]
+#[command(
+    name = "logroute",
+    version,
+    about = "Route container logs by LogRoute resources"
+)]
 struct Cli {
     /// Log format of logroute's own logs: `text` or `json`.
-    #[arg(long, global = true, env = "LOGROUTE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOGROUTE_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -39,7 +48,9 @@ enum Command {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOGROUTE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -54,7 +65,11 @@ fn main() -> ExitCode {
             print!("{}", logroute::api::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Check { print, namespace, files } => logroute::check::run(&files, &namespace, print),
+        Command::Check {
+            print,
+            namespace,
+            files,
+        } => logroute::check::run(&files, &namespace, print),
         Command::Controller(args) => run_async(&cli.log_format, logroute::controller::run(args)),
         Command::Agent(args) => run_async(&cli.log_format, logroute::agent::run(args)),
     }

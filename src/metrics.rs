@@ -16,20 +16,32 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    reg.register(Box::new(c.clone())).expect("metric registered once");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    reg.register(Box::new(g.clone())).expect("metric registered once");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
-fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .expect("valid metric");
-    reg.register(Box::new(h.clone())).expect("metric registered once");
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -59,7 +71,12 @@ impl ControllerMetrics {
                 &[],
                 LATENCY_BUCKETS,
             ),
-            routes: gauge(reg, "logroute_controller_routes", "LogRoutes by Ready condition", &["ready"]),
+            routes: gauge(
+                reg,
+                "logroute_controller_routes",
+                "LogRoutes by Ready condition",
+                &["ready"],
+            ),
         }
     }
 }
@@ -114,20 +131,35 @@ impl AgentMetrics {
         let sink_reason = &["kind", "route", "sink", "reason"];
         Self {
             containers_followed: {
-                let g = IntGauge::new("logroute_agent_containers_followed", "Containers whose logs are being read")
-                    .expect("valid metric");
-                reg.register(Box::new(g.clone())).expect("metric registered once");
+                let g = IntGauge::new(
+                    "logroute_agent_containers_followed",
+                    "Containers whose logs are being read",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
                 g
             },
-            records_read: counter(reg, "logroute_agent_records_read_total", "Log records read from Docker", &["stream"]),
-            bytes_read: counter(reg, "logroute_agent_bytes_read_total", "Message bytes read from Docker", &["stream"]),
+            records_read: counter(
+                reg,
+                "logroute_agent_records_read_total",
+                "Log records read from Docker",
+                &["stream"],
+            ),
+            bytes_read: counter(
+                reg,
+                "logroute_agent_bytes_read_total",
+                "Message bytes read from Docker",
+                &["stream"],
+            ),
             lines_truncated: {
                 let c = IntCounter::new(
                     "logroute_agent_lines_truncated_total",
                     "Lines longer than --max-line-bytes, cut and marked",
                 )
                 .expect("valid metric");
-                reg.register(Box::new(c.clone())).expect("metric registered once");
+                reg.register(Box::new(c.clone()))
+                    .expect("metric registered once");
                 c
             },
             records_routed: counter(
@@ -148,9 +180,24 @@ impl AgentMetrics {
                 "Records that will never reach a sink, by reason",
                 &["route", "sink", "reason"],
             ),
-            records_sent: counter(reg, "logroute_agent_records_sent_total", "Records accepted by a sink", sink),
-            send_errors: counter(reg, "logroute_agent_send_errors_total", "Failed send attempts", sink_reason),
-            send_retries: counter(reg, "logroute_agent_send_retries_total", "Retried sends", sink),
+            records_sent: counter(
+                reg,
+                "logroute_agent_records_sent_total",
+                "Records accepted by a sink",
+                sink,
+            ),
+            send_errors: counter(
+                reg,
+                "logroute_agent_send_errors_total",
+                "Failed send attempts",
+                sink_reason,
+            ),
+            send_retries: counter(
+                reg,
+                "logroute_agent_send_retries_total",
+                "Retried sends",
+                sink,
+            ),
             records_cut: counter(
                 reg,
                 "logroute_agent_records_cut_total",
@@ -163,7 +210,12 @@ impl AgentMetrics {
                 "Connections (re)opened to a sink after the first",
                 sink,
             ),
-            queue_depth: gauge(reg, "logroute_agent_queue_depth", "Records waiting in a sink queue", &["route", "sink"]),
+            queue_depth: gauge(
+                reg,
+                "logroute_agent_queue_depth",
+                "Records waiting in a sink queue",
+                &["route", "sink"],
+            ),
             send_latency: histogram(
                 reg,
                 "logroute_agent_send_latency_seconds",
@@ -179,12 +231,21 @@ impl AgentMetrics {
                 LATENCY_BUCKETS,
             ),
             docker_reconnects: {
-                let c = IntCounter::new("logroute_agent_docker_reconnects_total", "Reconnections to the Docker daemon")
-                    .expect("valid metric");
-                reg.register(Box::new(c.clone())).expect("metric registered once");
+                let c = IntCounter::new(
+                    "logroute_agent_docker_reconnects_total",
+                    "Reconnections to the Docker daemon",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(c.clone()))
+                    .expect("metric registered once");
                 c
             },
-            routes_loaded: gauge(reg, "logroute_agent_routes", "Routes known to the agent", &["state"]),
+            routes_loaded: gauge(
+                reg,
+                "logroute_agent_routes",
+                "Routes known to the agent",
+                &["state"],
+            ),
             es_documents: counter(
                 reg,
                 "logroute_agent_elasticsearch_documents_total",
@@ -203,7 +264,9 @@ impl AgentMetrics {
                 "logroute_agent_elasticsearch_batch_documents",
                 "Documents per _bulk request",
                 &["route", "sink"],
-                &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
+                &[
+                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                ],
             ),
         }
     }

@@ -13,6 +13,16 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+
     pub fn to_datetime(self) -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp(self.secs, self.nanos).unwrap_or_default()
     }
@@ -61,7 +71,10 @@ impl ContainerInfo {
 
     /// Name a person recognises: the pod's container name, else the Docker name.
     pub fn display_name(&self) -> &str {
-        self.pod.as_ref().map(|p| p.container_name.as_str()).unwrap_or(&self.name)
+        self.pod
+            .as_ref()
+            .map(|p| p.container_name.as_str())
+            .unwrap_or(&self.name)
     }
 }
 

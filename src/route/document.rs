@@ -237,8 +237,13 @@ pub enum IndexTarget {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub enum ElasticsearchCredentials {
-    Basic { username: CredentialRef, password: CredentialRef },
-    ApiKey { key: CredentialRef },
+    Basic {
+        username: CredentialRef,
+        password: CredentialRef,
+    },
+    ApiKey {
+        key: CredentialRef,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -266,7 +271,9 @@ impl CompiledRoute {
         }
         let probe: Probe = serde_json::from_str(text)?;
         if probe.version != u64::from(DOCUMENT_VERSION) {
-            return Err(DocumentError::UnknownVersion { found: probe.version });
+            return Err(DocumentError::UnknownVersion {
+                found: probe.version,
+            });
         }
         Ok(serde_json::from_str(text)?)
     }
@@ -283,7 +290,10 @@ mod tests {
     #[test]
     fn unknown_version_is_refused_before_parsing_the_rest() {
         let err = CompiledRoute::from_json(r#"{"version": 2, "whatever": true}"#).unwrap_err();
-        assert!(matches!(err, DocumentError::UnknownVersion { found: 2 }), "{err}");
+        assert!(
+            matches!(err, DocumentError::UnknownVersion { found: 2 }),
+            "{err}"
+        );
         assert!(err.to_string().contains("upgrade the agent"));
     }
 }

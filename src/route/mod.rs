@@ -2,6 +2,9 @@
 
 pub mod compile;
 pub mod document;
+pub mod matcher;
 
-pub use compile::{compile, compiled_object_name, CompileEnv, Compiled, Problem, Reason, SecretLookup};
+pub use compile::{
+    CompileEnv, Compiled, Problem, Reason, SecretLookup, compile, compiled_object_name,
+};
 pub use document::{CompiledRoute, DOCUMENT_VERSION};

@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 pub mod stdout;
 pub mod syslog;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,11 +69,22 @@ impl SinkClient {
     pub fn new(sink: &CompiledSink, ctx: SinkContext) -> Result<Self, SinkError> {
         Ok(match &sink.config {
             SinkConfig::Stdout(_) => SinkClient::Stdout(stdout::StdoutSink::new(ctx)),
-            SinkConfig::Syslog(cfg) => SinkClient::Syslog(syslog::SyslogSink::new(cfg.clone(), ctx)?),
+            SinkConfig::Syslog(cfg) => {
+                SinkClient::Syslog(syslog::SyslogSink::new(cfg.clone(), ctx)?)
+            }
             SinkConfig::Elasticsearch(cfg) => {
                 SinkClient::Elasticsearch(elasticsearch::ElasticsearchSink::new(cfg.clone(), ctx)?)
             }
         })
+    }
+
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkClient::Stdout(_) => "stdout",
+            SinkClient::Syslog(_) => "syslog",
+            SinkClient::Elasticsearch(_) => "elasticsearch",
+        }
     }
 
     /// Deliver a batch. `Ok` means every record was accepted or permanently rejected

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::{SendFailure, SinkContext, SinkError};
@@ -16,21 +16,31 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new(ctx: SinkContext) -> Self {
-        Self { ctx, out: tokio::io::stdout(), buf: Vec::new() }
+        Self {
+            ctx,
+            out: tokio::io::stdout(),
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
         self.buf.clear();
         for record in batch {
-            serde_json::to_writer(&mut self.buf, &to_json(record, &self.ctx.route, &self.ctx.sink))
-                .expect("JSON into a Vec cannot fail");
+            serde_json::to_writer(
+                &mut self.buf,
+                &to_json(record, &self.ctx.route, &self.ctx.sink),
+            )
+            .expect("JSON into a Vec cannot fail");
             self.buf.push(b'\n');
         }
         let written = async {
             self.out.write_all(&self.buf).await?;
             self.out.flush().await
         };
-        written.await.map_err(|e| SendFailure { accepted: 0, error: SinkError::Stdout(e) })
+        written.await.map_err(|e| SendFailure {
+            accepted: 0,
+            error: SinkError::Stdout(e),
+        })
     }
 }
 
@@ -38,7 +48,15 @@ impl StdoutSink {
 pub fn to_json(record: &Record, route: &str, sink: &str) -> Value {
     let c = &record.container;
     let mut obj = Map::new();
-    obj.insert("time".into(), json!(record.timestamp.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)));
+    obj.insert(
+        "time".into(),
+        json!(
+            record
+                .timestamp
+                .to_datetime()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        ),
+    );
     obj.insert("route".into(), json!(route));
     obj.insert("sink".into(), json!(sink));
     obj.insert("node".into(), json!(c.node));

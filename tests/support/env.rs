@@ -2,7 +2,9 @@
 
 /// True when running in CI: a missing dependency there is a failure, never a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Call when a dependency (`what`) is missing. In CI this panics so the run goes red;

@@ -25,10 +25,16 @@ pub struct ElasticsearchSink {
 
 impl ElasticsearchSink {
     pub fn new(cfg: ElasticsearchConfig, ctx: SinkContext) -> Result<Self, ElasticsearchError> {
-        Ok(Self { _cfg: cfg, _ctx: ctx })
+        Ok(Self {
+            _cfg: cfg,
+            _ctx: ctx,
+        })
     }
 
     pub async fn send(&mut self, _batch: &[Arc<Record>]) -> Result<(), SendFailure> {
-        Err(SendFailure { accepted: 0, error: ElasticsearchError::Unimplemented.into() })
+        Err(SendFailure {
+            accepted: 0,
+            error: ElasticsearchError::Unimplemented.into(),
+        })
     }
 }

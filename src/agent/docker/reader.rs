@@ -1,0 +1,287 @@
+//! Following one container's log to its very end.
+//!
+//! dockerd 20.10 answers a follow request with the log file as it stood when the request
+//! opened and then what gets written; but when the container has exited by the time the
+//! first part is sent, it ends the stream without what was written in between. A reader
+//! that fell behind a container that printed fast and exited would lose lines. So the
+//! end of a stream proves nothing: the container is inspected, and when it has stopped
+//! its log is re-read (without follow) from the cursor until a read finds nothing new.
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptions;
+use futures::{FutureExt, StreamExt};
+use prometheus::IntGauge;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::StreamName;
+use crate::metrics::AgentMetrics;
+
+use super::{
+    Backoff, Cursor, DockerContainer, DockerError, Frame, LineAssembler, LogLine, Pushed, negotiate,
+};
+
+/// How a container's log is read.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// Longest line kept whole; longer ones are cut, marked and counted.
+    pub max_line_bytes: usize,
+    /// Most lines per batch sent to the pipeline.
+    pub batch_lines: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_line_bytes: 1024 * 1024,
+            batch_lines: 512,
+        }
+    }
+}
+
+/// Counts a container as followed while alive.
+struct Followed(IntGauge);
+
+impl Followed {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Followed(gauge.clone())
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// How one read ended.
+enum ReadEnd {
+    /// Docker ended the stream; `new` tells whether it carried anything past the cursor.
+    Ended {
+        new: bool,
+    },
+    Shutdown,
+}
+
+/// Follow `container`'s log from `from` (`None`: from the beginning), sending its lines in
+/// batches to `tx`, until the container has stopped and its log has been read to the
+/// end, or until `shutdown`. Returns the cursor after the last line sent.
+///
+/// Transient failures (dropped socket, daemon restart, errors inside the stream) are
+/// retried with backoff from the cursor, so no line is lost or repeated. Errors are
+/// returned only when retrying cannot help: the container was removed, its log driver
+/// cannot be read back, or `tx` was closed. While it runs, the container counts in
+/// `containers_followed`.
+pub async fn follow(
+    docker: &Docker,
+    container: &DockerContainer,
+    from: Option<Cursor>,
+    opts: &ReadOptions,
+    tx: &mpsc::Sender<Vec<LogLine>>,
+    metrics: &AgentMetrics,
+    shutdown: &CancellationToken,
+) -> Result<Cursor, DockerError> {
+    if !container.logs_readable() {
+        return Err(DockerError::LogDriver {
+            container: container.display(),
+            driver: container.log_driver.clone(),
+        });
+    }
+    let _followed = Followed::new(&metrics.containers_followed);
+    let mut reader = Reader {
+        docker,
+        container,
+        opts,
+        tx,
+        metrics,
+        shutdown,
+        lines: LineAssembler::new(from.unwrap_or_default(), opts.max_line_bytes, container.tty),
+        sent: from.unwrap_or_default(),
+    };
+    let mut backoff = Backoff::new();
+    let mut negotiated = false;
+    // After the container was seen stopped: read without follow until nothing is new.
+    let mut draining = false;
+    loop {
+        if !negotiated {
+            negotiated = negotiate(docker).await.is_ok();
+        }
+        let new = match reader.read(draining).await {
+            Ok(ReadEnd::Shutdown) => return Ok(reader.sent),
+            Ok(ReadEnd::Ended { new }) => new,
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => {
+                tracing::warn!(container = %container.display(), error = %e, reason = e.reason(), "reading container log failed; retrying from the last line read");
+                negotiated = false;
+                if !backoff.wait(shutdown).await {
+                    return Ok(reader.sent);
+                }
+                continue;
+            }
+        };
+        let running = match docker.inspect_container(&container.id, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(e) => match DockerError::request("inspect", container, e) {
+                e if e.is_permanent() => return Err(e),
+                e => {
+                    tracing::warn!(container = %container.display(), error = %e, "inspecting container failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return Ok(reader.sent);
+                    }
+                    continue;
+                }
+            },
+        };
+        if running {
+            // The follow stream ended under a running container (a daemon hiccup):
+            // open it again from the cursor, slower when it keeps bringing nothing.
+            draining = false;
+            if new {
+                backoff.reset();
+            } else if !backoff.wait(shutdown).await {
+                return Ok(reader.sent);
+            }
+        } else if draining && !new {
+            return Ok(reader.sent);
+        } else {
+            draining = true;
+        }
+    }
+}
+
+struct Reader<'a> {
+    docker: &'a Docker,
+    container: &'a DockerContainer,
+    opts: &'a ReadOptions,
+    tx: &'a mpsc::Sender<Vec<LogLine>>,
+    metrics: &'a AgentMetrics,
+    shutdown: &'a CancellationToken,
+    lines: LineAssembler,
+    /// After the last line the receiver got.
+    sent: Cursor,
+}
+
+impl Reader<'_> {
+    /// One logs request from the cursor: with follow, or (`to_end`) without, in which case
+    /// the container has stopped and lines that never got their newline are complete.
+    async fn read(&mut self, to_end: bool) -> Result<ReadEnd, DockerError> {
+        self.lines.restart(self.sent);
+        let options = LogsOptions {
+            follow: !to_end,
+            stdout: true,
+            stderr: true,
+            // Whole seconds only: the rest of that second is skipped by the cursor.
+            since: i32::try_from(self.sent.since().secs).unwrap_or(0),
+            until: 0,
+            timestamps: true,
+            tail: "all".to_string(),
+        };
+        let mut stream = self.docker.logs(&self.container.id, Some(options));
+        let mut new = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(ReadEnd::Shutdown),
+                item = stream.next() => item,
+            };
+            let mut batch = Vec::new();
+            let mut outcome = self.take(first, &mut batch, &mut new);
+            // Whatever else is already here goes into the same batch.
+            while outcome.is_none() && batch.len() < self.opts.batch_lines {
+                match stream.next().now_or_never() {
+                    Some(item) => outcome = self.take(item, &mut batch, &mut new),
+                    None => break,
+                }
+            }
+            if to_end && matches!(outcome, Some(Ok(()))) {
+                self.lines.flush(&mut batch);
+            }
+            if !batch.is_empty() && !self.send(batch).await? {
+                return Ok(ReadEnd::Shutdown);
+            }
+            match outcome {
+                None => {}
+                Some(Ok(())) => return Ok(ReadEnd::Ended { new }),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Feed one stream item to the assembler. `Some` when the stream is over: `Ok` at its
+    /// end, `Err` on a failure.
+    fn take(
+        &mut self,
+        item: Option<Result<LogOutput, bollard::errors::Error>>,
+        batch: &mut Vec<LogLine>,
+        new: &mut bool,
+    ) -> Option<Result<(), DockerError>> {
+        let output = match item {
+            None => return Some(Ok(())),
+            Some(Err(e)) => return Some(Err(DockerError::request("logs", self.container, e))),
+            Some(Ok(output)) => output,
+        };
+        let frame = match &output {
+            LogOutput::StdOut { message } => Frame::Stdout(message),
+            LogOutput::StdErr { message } => Frame::Stderr(message),
+            LogOutput::Console { message } => Frame::Console(message),
+            LogOutput::StdIn { .. } => return None,
+        };
+        match self.lines.push(frame, batch) {
+            Pushed::New => *new = true,
+            Pushed::Skipped => {}
+            Pushed::NotLog => {
+                let text = String::from_utf8_lossy(output.as_ref());
+                return Some(Err(DockerError::InStream {
+                    container: self.container.display(),
+                    message: text.trim_end().chars().take(512).collect(),
+                }));
+            }
+        }
+        None
+    }
+
+    /// Count and hand over a batch; false on shutdown.
+    async fn send(&mut self, batch: Vec<LogLine>) -> Result<bool, DockerError> {
+        let Some(last) = batch.last().map(|l| l.cursor) else {
+            return Ok(true);
+        };
+        // [stdout, stderr] x [records, bytes], then one update per label.
+        let mut counts = [[0u64; 2]; 2];
+        let mut truncated = 0;
+        for line in &batch {
+            let c = &mut counts[usize::from(line.stream == StreamName::Stderr)];
+            c[0] += 1;
+            c[1] += line.message.len() as u64;
+            truncated += u64::from(line.truncated);
+        }
+        for (stream, [records, bytes]) in [StreamName::Stdout, StreamName::Stderr]
+            .into_iter()
+            .zip(counts)
+        {
+            if records > 0 {
+                self.metrics
+                    .records_read
+                    .with_label_values(&[stream.as_str()])
+                    .inc_by(records);
+                self.metrics
+                    .bytes_read
+                    .with_label_values(&[stream.as_str()])
+                    .inc_by(bytes);
+            }
+        }
+        self.metrics.lines_truncated.inc_by(truncated);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Ok(false),
+            sent = self.tx.send(batch) => match sent {
+                Ok(()) => {
+                    self.sent = last;
+                    Ok(true)
+                }
+                Err(_) => Err(DockerError::ReceiverClosed { container: self.container.display() }),
+            },
+        }
+    }
+}
