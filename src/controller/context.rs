@@ -54,19 +54,27 @@ impl Context {
 
     /// The route index. Never held across an `.await`.
     pub fn index(&self) -> MutexGuard<'_, RouteIndex> {
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Publish the `routes{ready}` gauge from the index.
     pub fn refresh_route_gauge(&self) {
         let (ready, not_ready) = self.index().ready_counts();
         self.metrics.routes.with_label_values(&["true"]).set(ready);
-        self.metrics.routes.with_label_values(&["false"]).set(not_ready);
+        self.metrics
+            .routes
+            .with_label_values(&["false"])
+            .set(not_ready);
     }
 
     /// Every namespace and its labels, once the namespace cache has been filled.
     pub async fn namespace_list(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, Error> {
-        self.namespaces.wait_until_ready().await.map_err(|_| Error::NamespaceCacheGone)?;
+        self.namespaces
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::NamespaceCacheGone)?;
         let mut list: Vec<_> = self
             .namespaces
             .state()
@@ -82,7 +90,10 @@ impl Context {
 
     /// Count one more consecutive failure of `key` and say how long to wait before retrying.
     pub fn next_retry(&self, key: &RouteKey) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let n = failures.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
         backoff(*n)
@@ -90,7 +101,10 @@ impl Context {
 
     /// The object reconciled: its next failure starts the backoff afresh.
     pub fn reset_failures(&self, key: &RouteKey) {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         failures.remove(key);
     }
 }

@@ -33,9 +33,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn api(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+    pub(crate) fn api(
+        action: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Self {
         let object = object.into();
-        move |source| Error::Api { action, object, source }
+        move |source| Error::Api {
+            action,
+            object,
+            source,
+        }
     }
 
     /// Bounded label value, for logs and metrics.

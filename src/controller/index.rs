@@ -20,7 +20,10 @@ pub struct RouteKey {
 
 impl RouteKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     pub fn object_ref(&self) -> ObjectRef<Guarded> {
@@ -59,7 +62,12 @@ pub struct RouteIndex {
 impl RouteIndex {
     /// Record what the route's current spec refers to. Called before the Secrets are read,
     /// so that a Secret created while the route is being reconciled still re-triggers it.
-    pub fn set_refs(&mut self, key: &RouteKey, secrets: BTreeSet<(String, String)>, namespace_selector: bool) {
+    pub fn set_refs(
+        &mut self,
+        key: &RouteKey,
+        secrets: BTreeSet<(String, String)>,
+        namespace_selector: bool,
+    ) {
         let entry = self.routes.entry(key.clone()).or_default();
         entry.secrets = secrets;
         entry.namespace_selector = namespace_selector;
@@ -86,11 +94,16 @@ impl RouteIndex {
     }
 
     pub fn malformed_reported(&self, key: &RouteKey) -> Option<&str> {
-        self.routes.get(key).and_then(|e| e.malformed_reported.as_deref())
+        self.routes
+            .get(key)
+            .and_then(|e| e.malformed_reported.as_deref())
     }
 
     pub fn set_malformed_reported(&mut self, key: &RouteKey, fingerprint: Option<String>) {
-        self.routes.entry(key.clone()).or_default().malformed_reported = fingerprint;
+        self.routes
+            .entry(key.clone())
+            .or_default()
+            .malformed_reported = fingerprint;
     }
 
     /// Forget a route (it was deleted and cleaned up).
@@ -118,8 +131,16 @@ impl RouteIndex {
 
     /// `(ready, not ready)` counts of routes reconciled at least once.
     pub fn ready_counts(&self) -> (i64, i64) {
-        let ready = self.routes.values().filter(|e| e.ready == Some(true)).count();
-        let not_ready = self.routes.values().filter(|e| e.ready == Some(false)).count();
+        let ready = self
+            .routes
+            .values()
+            .filter(|e| e.ready == Some(true))
+            .count();
+        let not_ready = self
+            .routes
+            .values()
+            .filter(|e| e.ready == Some(false))
+            .count();
         (ready as i64, not_ready as i64)
     }
 }
@@ -129,7 +150,9 @@ mod tests {
     use super::*;
 
     fn secrets(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -137,11 +160,21 @@ mod tests {
         let mut index = RouteIndex::default();
         let a = RouteKey::new("team-a", "errors");
         let b = RouteKey::new("team-b", "all");
-        index.set_refs(&a, secrets(&[("team-a", "es-creds"), ("team-a", "ca")]), false);
+        index.set_refs(
+            &a,
+            secrets(&[("team-a", "es-creds"), ("team-a", "ca")]),
+            false,
+        );
         index.set_refs(&b, secrets(&[("team-b", "es-creds")]), true);
 
-        assert_eq!(index.routes_for_secret("team-a", "es-creds"), vec![a.clone()]);
-        assert_eq!(index.routes_for_secret("team-b", "es-creds"), vec![b.clone()]);
+        assert_eq!(
+            index.routes_for_secret("team-a", "es-creds"),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            index.routes_for_secret("team-b", "es-creds"),
+            vec![b.clone()]
+        );
         assert!(index.routes_for_secret("team-c", "es-creds").is_empty());
         assert_eq!(index.routes_with_namespace_selector(), vec![b.clone()]);
 
@@ -170,6 +203,9 @@ mod tests {
         assert_eq!(index.config_map(&b), None);
         index.set_config_map(&b, false);
         index.set_secret(&b, true);
-        assert_eq!((index.config_map(&b), index.secret(&b)), (Some(false), Some(true)));
+        assert_eq!(
+            (index.config_map(&b), index.secret(&b)),
+            (Some(false), Some(true))
+        );
     }
 }

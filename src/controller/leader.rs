@@ -12,8 +12,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,7 +71,12 @@ pub enum Decision {
 }
 
 /// `unchanged_for`: how long the lease record has stood still as seen by this replica.
-pub fn decide(spec: &LeaseSpec, identity: &str, unchanged_for: Duration, default_duration: Duration) -> Decision {
+pub fn decide(
+    spec: &LeaseSpec,
+    identity: &str,
+    unchanged_for: Duration,
+    default_duration: Duration,
+) -> Decision {
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder == identity {
         return Decision::Renew;
@@ -104,7 +109,11 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        Self { api: Api::namespaced(client, &settings.namespace), settings, observed: None }
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            observed: None,
+        }
     }
 
     pub fn settings(&self) -> &LeaseSettings {
@@ -156,12 +165,18 @@ impl LeaderElector {
         let unchanged_for = self.observe(&lease);
         let spec = lease.spec.clone().unwrap_or_default();
         let mut next = spec.clone();
-        match decide(&spec, &self.settings.identity, unchanged_for, self.settings.lease_duration) {
+        match decide(
+            &spec,
+            &self.settings.identity,
+            unchanged_for,
+            self.settings.lease_duration,
+        ) {
             Decision::Wait => return Ok(Attempt::HeldBy(spec.holder_identity.unwrap_or_default())),
             Decision::Renew => {}
             Decision::TakeOver => {
                 next.acquire_time = Some(now.clone());
-                next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+                next.lease_transitions =
+                    Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
             }
         }
         next.holder_identity = Some(self.settings.identity.clone());
@@ -202,7 +217,11 @@ impl LeaderElector {
     async fn replace(&mut self, mut lease: Lease, spec: LeaseSpec) -> Result<Attempt, Error> {
         lease.spec = Some(spec);
         lease.metadata.managed_fields = None;
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(written) => {
                 self.observe(&written);
                 Ok(Attempt::Leader)
@@ -286,12 +305,17 @@ where
                     warn!(%holder, "another replica holds the leader lease; stopping the controller");
                     break None;
                 }
-                Ok(Ok(Attempt::Conflict)) => warn!("renewing the leader lease conflicted; retrying"),
+                Ok(Ok(Attempt::Conflict)) => {
+                    warn!("renewing the leader lease conflicted; retrying")
+                }
                 Ok(Err(e)) => warn!(error = %e, "cannot renew the leader lease; retrying"),
                 Err(_) => warn!("renewing the leader lease timed out"),
             }
             if renewed.elapsed() >= deadline {
-                warn!(?deadline, "leader lease not renewed within the renew deadline; stopping the controller");
+                warn!(
+                    ?deadline,
+                    "leader lease not renewed within the renew deadline; stopping the controller"
+                );
                 break None;
             }
         };
@@ -317,5 +341,175 @@ where
             };
         }
         info!("lost leadership; back to standby");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::fixtures::{Call, OP_NS, context};
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/logroute-system/leases";
+
+    fn lease_path() -> String {
+        format!("{LEASES}/{LEASE_NAME}")
+    }
+
+    fn lease(holder: &str, resource_version: &str, duration: i32) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": LEASE_NAME, "namespace": OP_NS, "resourceVersion": resource_version},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
+                        "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 3}})
+    }
+
+    fn spec(holder: Option<&str>, duration: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(String::from),
+            lease_duration_seconds: Some(duration),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_live_lease_of_another_holder_is_respected_until_it_stands_still_for_its_duration() {
+        let d = Duration::from_secs(15);
+        assert_eq!(
+            decide(&spec(Some("me"), 15), "me", Duration::ZERO, d),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(&spec(Some("other"), 15), "me", Duration::from_secs(14), d),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(&spec(Some("other"), 15), "me", Duration::from_secs(15), d),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(&spec(None, 15), "me", Duration::ZERO, d),
+            Decision::TakeOver,
+            "released"
+        );
+        assert_eq!(
+            decide(&spec(Some(""), 15), "me", Duration::ZERO, d),
+            Decision::TakeOver,
+            "released"
+        );
+        let no_duration = LeaseSpec {
+            holder_identity: Some("other".into()),
+            ..LeaseSpec::default()
+        };
+        assert_eq!(
+            decide(&no_duration, "me", Duration::from_secs(10), d),
+            Decision::Wait,
+            "default duration"
+        );
+    }
+
+    #[tokio::test]
+    async fn acquire_renew_respect_conflict_and_release() {
+        let (ctx, mut api, _) = context(&[]);
+        let mut elector =
+            LeaderElector::new(ctx.client.clone(), LeaseSettings::new(OP_NS, "pod-a"));
+
+        let calls = vec![
+            Call::get(lease_path()).not_found(),
+            Call::post(LEASES).body(|l| {
+                assert_eq!(l["spec"]["holderIdentity"], "pod-a", "{l}");
+                assert_eq!(l["spec"]["leaseDurationSeconds"], 15, "{l}");
+                assert_eq!(l["spec"]["leaseTransitions"], 0, "{l}");
+            }),
+        ];
+        assert_eq!(
+            api.run(calls, elector.try_acquire_or_renew())
+                .await
+                .expect("acquire"),
+            Attempt::Leader
+        );
+
+        let calls = vec![
+            Call::get(lease_path()).reply(200, lease("pod-a", "2", 15)),
+            Call::put(lease_path()).body(|l| {
+                assert_eq!(
+                    l["metadata"]["resourceVersion"], "2",
+                    "a renewal is guarded by resourceVersion: {l}"
+                );
+                assert_eq!(l["spec"]["holderIdentity"], "pod-a");
+                assert_eq!(
+                    l["spec"]["leaseTransitions"], 3,
+                    "a renewal is no transition"
+                );
+                assert_ne!(
+                    l["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z",
+                    "renewTime moves"
+                );
+            }),
+        ];
+        assert_eq!(
+            api.run(calls, elector.try_acquire_or_renew())
+                .await
+                .expect("renew"),
+            Attempt::Leader
+        );
+
+        let calls = vec![Call::get(lease_path()).reply(200, lease("pod-b", "3", 15))];
+        assert_eq!(
+            api.run(calls, elector.try_acquire_or_renew())
+                .await
+                .expect("read"),
+            Attempt::HeldBy("pod-b".into())
+        );
+
+        let calls = vec![
+            Call::get(lease_path()).reply(200, lease("pod-a", "4", 15)),
+            Call::put(lease_path()).conflict(),
+        ];
+        assert_eq!(
+            api.run(calls, elector.try_acquire_or_renew())
+                .await
+                .expect("race"),
+            Attempt::Conflict
+        );
+
+        let calls = vec![
+            Call::get(lease_path()).reply(200, lease("pod-a", "5", 15)),
+            Call::put(lease_path()).body(|l| {
+                assert!(
+                    l["spec"].get("holderIdentity").is_none(),
+                    "released lease has no holder: {l}"
+                );
+                assert_eq!(l["spec"]["leaseDurationSeconds"], 1);
+            }),
+        ];
+        api.run(calls, elector.release()).await.expect("release");
+
+        // Releasing a lease someone else holds changes nothing.
+        let calls = vec![Call::get(lease_path()).reply(200, lease("pod-b", "6", 15))];
+        api.run(calls, elector.release())
+            .await
+            .expect("release of a foreign lease");
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_as_a_new_transition() {
+        let (ctx, mut api, _) = context(&[]);
+        let mut elector =
+            LeaderElector::new(ctx.client.clone(), LeaseSettings::new(OP_NS, "pod-a"));
+        let calls = vec![
+            Call::get(lease_path()).reply(200, lease("pod-b", "9", 0)),
+            Call::put(lease_path()).body(|l| {
+                assert_eq!(l["spec"]["holderIdentity"], "pod-a");
+                assert_eq!(l["spec"]["leaseTransitions"], 4, "{l}");
+                assert!(l["spec"]["acquireTime"].is_string(), "{l}");
+            }),
+        ];
+        assert_eq!(
+            api.run(calls, elector.try_acquire_or_renew())
+                .await
+                .expect("take over"),
+            Attempt::Leader
+        );
     }
 }

@@ -83,28 +83,43 @@ pub struct ControllerArgs {
 /// leading run the Controller. Readiness: a standby replica is ready at once; the leader
 /// once its LogRoute and namespace caches are filled.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",
+    )?;
     let registry = Registry::new();
     let metrics = ControllerMetrics::new(&registry);
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    let server = http::serve(args.metrics_addr, registry, readiness.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
+    let server = http::serve(
+        args.metrics_addr,
+        registry,
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
 
     let identity = identity();
     info!(%identity, namespace = %args.namespace, "controller starting");
-    let elector = leader::LeaderElector::new(client.clone(), leader::LeaseSettings::new(&args.namespace, &identity));
+    let elector = leader::LeaderElector::new(
+        client.clone(),
+        leader::LeaseSettings::new(&args.namespace, &identity),
+    );
     let standby_ready = readiness.clone();
     let elected = leader::run_elected(
         elector,
         shutdown.clone(),
         move || standby_ready.set(true),
         |stop| {
-            lead(client.clone(), args.namespace.clone(), identity.clone(), metrics.clone(), readiness.clone(), stop)
+            lead(
+                client.clone(),
+                args.namespace.clone(),
+                identity.clone(),
+                metrics.clone(),
+                readiness.clone(),
+                stop,
+            )
         },
     )
     .await;
@@ -139,9 +154,18 @@ async fn lead(
     }
 
     let (namespaces, namespace_writer) = reflector::store();
-    let reporter = Reporter { controller: REPORTER.to_string(), instance: Some(identity) };
+    let reporter = Reporter {
+        controller: REPORTER.to_string(),
+        instance: Some(identity),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client.clone(), operator_namespace, metrics, recorder, namespaces.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        operator_namespace,
+        metrics,
+        recorder,
+        namespaces.clone(),
+    ));
 
     let routes: Api<Guarded> = Api::all(client);
     let controller = Controller::new(routes, watcher::Config::default().any_semantic())
@@ -150,7 +174,9 @@ async fn lead(
         .graceful_shutdown_on(stop.clone().cancelled_owned());
     let route_cache = controller.store();
     let synced = tokio::spawn(async move {
-        if route_cache.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok() {
+        if route_cache.wait_until_ready().await.is_ok()
+            && namespaces.wait_until_ready().await.is_ok()
+        {
             info!("caches synced; reconciling");
             readiness.set(true);
         }
@@ -164,7 +190,9 @@ async fn lead(
                 // Already logged with its backoff by error_policy.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
                 // A trigger for a route that no longer exists (e.g. an orphan's event).
-                Err(controller::Error::ObjectNotFound(route)) => debug!(%route, "triggered route not found"),
+                Err(controller::Error::ObjectNotFound(route)) => {
+                    debug!(%route, "triggered route not found")
+                }
                 Err(e) => warn!(error = %e, "controller watch error"),
             }
         })
@@ -190,7 +218,12 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
 /// This replica's name in the Lease and in Events: the pod name (`POD_NAME` from the
 /// downward API), else the host name.
 fn identity() -> String {
-    let from_env = |key: &str| std::env::var(key).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let from_env = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     from_env("POD_NAME")
         .or_else(|| from_env("HOSTNAME"))
         .or_else(|| {

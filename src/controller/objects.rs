@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Error, is_not_found};
 use crate::api::{
-    FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ROUTE_DOCUMENT_KEY, ROUTE_LABEL, SOURCE_NAME_ANNOTATION,
-    SOURCE_NAMESPACE_ANNOTATION, SOURCE_UID_ANNOTATION,
+    FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ROUTE_DOCUMENT_KEY, ROUTE_LABEL,
+    SOURCE_NAME_ANNOTATION, SOURCE_NAMESPACE_ANNOTATION, SOURCE_UID_ANNOTATION,
 };
 use crate::route::Compiled;
 
@@ -60,7 +60,10 @@ pub fn route_label_value(namespace: &str, name: &str) -> String {
 
 fn metadata(source: &Source, object_name: &str, operator_namespace: &str) -> ObjectMeta {
     let mut annotations = BTreeMap::from([
-        (SOURCE_NAMESPACE_ANNOTATION.to_string(), source.namespace.clone()),
+        (
+            SOURCE_NAMESPACE_ANNOTATION.to_string(),
+            source.namespace.clone(),
+        ),
         (SOURCE_NAME_ANNOTATION.to_string(), source.name.clone()),
     ]);
     if let Some(uid) = &source.uid {
@@ -70,7 +73,10 @@ fn metadata(source: &Source, object_name: &str, operator_namespace: &str) -> Obj
         name: Some(object_name.to_string()),
         namespace: Some(operator_namespace.to_string()),
         labels: Some(BTreeMap::from([
-            (ROUTE_LABEL.to_string(), route_label_value(&source.namespace, &source.name)),
+            (
+                ROUTE_LABEL.to_string(),
+                route_label_value(&source.namespace, &source.name),
+            ),
             (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
         ])),
         annotations: Some(annotations),
@@ -79,16 +85,29 @@ fn metadata(source: &Source, object_name: &str, operator_namespace: &str) -> Obj
 }
 
 /// The ConfigMap agents read. It never holds credentials.
-pub fn config_map(source: &Source, object_name: &str, operator_namespace: &str, compiled: &Compiled) -> ConfigMap {
+pub fn config_map(
+    source: &Source,
+    object_name: &str,
+    operator_namespace: &str,
+    compiled: &Compiled,
+) -> ConfigMap {
     ConfigMap {
         metadata: metadata(source, object_name, operator_namespace),
-        data: Some(BTreeMap::from([(ROUTE_DOCUMENT_KEY.to_string(), compiled.document.to_json())])),
+        data: Some(BTreeMap::from([(
+            ROUTE_DOCUMENT_KEY.to_string(),
+            compiled.document.to_json(),
+        )])),
         ..ConfigMap::default()
     }
 }
 
 /// The Secret beside the ConfigMap holding the resolved credentials.
-pub fn credentials_secret(source: &Source, object_name: &str, operator_namespace: &str, compiled: &Compiled) -> Secret {
+pub fn credentials_secret(
+    source: &Source,
+    object_name: &str,
+    operator_namespace: &str,
+    compiled: &Compiled,
+) -> Secret {
     Secret {
         metadata: metadata(source, object_name, operator_namespace),
         type_: Some("Opaque".to_string()),
@@ -135,7 +154,7 @@ where
     }
 }
 
-fn object<K>(api: &Api<K>, name: &str) -> String {
+fn object<K: kube::Resource>(api: &Api<K>, name: &str) -> String {
     match api.namespace() {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
@@ -148,7 +167,8 @@ mod tests {
 
     fn valid_label_value(v: &str) -> bool {
         v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
             && v.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
     }
@@ -169,15 +189,25 @@ mod tests {
         let other = route_label_value("payments", &format!("{}-y", "a".repeat(60)));
         assert_ne!(v, other);
         // A cut that would end on '-' or '.' is trimmed back to an alphanumeric.
-        let dashy = route_label_value("ns", &format!("{}{}", "b".repeat(49), "-.-.-.-.-.-.-.-.-.-.c"));
+        let dashy = route_label_value(
+            "ns",
+            &format!("{}{}", "b".repeat(49), "-.-.-.-.-.-.-.-.-.-.c"),
+        );
         assert!(valid_label_value(&dashy), "invalid label value {dashy:?}");
     }
 
     #[test]
     fn source_round_trips_through_annotations() {
-        let source = Source { namespace: "a".into(), name: "b".into(), uid: Some("u-1".into()) };
+        let source = Source {
+            namespace: "a".into(),
+            name: "b".into(),
+            uid: Some("u-1".into()),
+        };
         let meta = metadata(&source, "a-b", "logroute-system");
-        assert_eq!(Source::from_annotations(meta.annotations.as_ref()), Some(source));
+        assert_eq!(
+            Source::from_annotations(meta.annotations.as_ref()),
+            Some(source)
+        );
         assert_eq!(Source::from_annotations(None), None);
         assert_eq!(Source::from_annotations(Some(&BTreeMap::new())), None);
     }

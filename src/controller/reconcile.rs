@@ -40,16 +40,24 @@ mod result {
 pub fn route_key(meta: &ObjectMeta) -> Result<RouteKey, Error> {
     match (&meta.namespace, &meta.name) {
         (Some(ns), Some(name)) => Ok(RouteKey::new(ns, name)),
-        _ => Err(Error::Unnamed(format!("{:?}/{:?}", meta.namespace, meta.name))),
+        _ => Err(Error::Unnamed(format!(
+            "{:?}/{:?}",
+            meta.namespace, meta.name
+        ))),
     }
 }
 
 /// The Controller's reconcile function.
 pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile_duration.with_label_values::<&str>(&[]).start_timer();
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values::<&str>(&[])
+        .start_timer();
     let key = route_key(obj.meta())?;
     let api: RouteMetaApi = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let meta: Arc<PartialObjectMeta<LogRoute>> = Arc::new(obj.meta().clone().into_response_partial());
+    let meta: Arc<PartialObjectMeta<LogRoute>> =
+        Arc::new(obj.meta().clone().into_response_partial());
     let (obj_ref, key_ref, ctx_ref) = (&obj, &key, &ctx);
     let outcome = finalizer(&api, FINALIZER, meta, move |event| async move {
         match event {
@@ -58,7 +66,10 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         }
     })
     .await
-    .map_err(|e| Error::Finalizer { route: key.to_string(), source: Box::new(e) });
+    .map_err(|e| Error::Finalizer {
+        route: key.to_string(),
+        source: Box::new(e),
+    });
     timer.observe_duration();
     if outcome.is_ok() {
         ctx.reset_failures(&key);
@@ -69,7 +80,10 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
 /// The Controller's error policy: retry the object with exponential backoff (5 s doubling
 /// to 5 min, plus up to 10 % jitter so that many failing routes do not retry in step).
 pub fn error_policy(obj: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconciliations.with_label_values(&[result::ERROR]).inc();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[result::ERROR])
+        .inc();
     let Ok(key) = route_key(obj.meta()) else {
         return Action::requeue(super::context::backoff(u32::MAX));
     };
@@ -117,12 +131,20 @@ async fn apply_route(route: &LogRoute, key: &RouteKey, ctx: &Context) -> Result<
     };
 
     let object_name = compiled_object_name(&key.namespace, &key.name);
-    let source = Source { namespace: key.namespace.clone(), name: key.name.clone(), uid: route.uid() };
+    let source = Source {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        uid: route.uid(),
+    };
     let all_namespaces: Vec<String> = namespaces.into_iter().map(|(name, _)| name).collect();
     match compiled {
         Ok(compiled) => {
             publish(&source, key, &object_name, &compiled, ctx).await?;
-            let outcome = Outcome::Ready { compiled: &compiled, namespace_selector, all_namespaces: &all_namespaces };
+            let outcome = Outcome::Ready {
+                compiled: &compiled,
+                namespace_selector,
+                all_namespaces: &all_namespaces,
+            };
             report(route, key, &outcome, ctx).await?;
             finish(key, true, result::READY, ctx);
             Ok(Action::requeue(RESYNC))
@@ -140,15 +162,29 @@ async fn apply_route(route: &LogRoute, key: &RouteKey, ctx: &Context) -> Result<
 /// Write the compiled objects. The credentials Secret goes first when there is one and
 /// is removed last when there no longer is, so an agent never reads a document naming a
 /// Secret that does not exist yet.
-async fn publish(source: &Source, key: &RouteKey, object_name: &str, compiled: &Compiled, ctx: &Context) -> Result<(), Error> {
+async fn publish(
+    source: &Source,
+    key: &RouteKey,
+    object_name: &str,
+    compiled: &Compiled,
+    ctx: &Context,
+) -> Result<(), Error> {
     let op_ns = &ctx.operator_namespace;
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), op_ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), op_ns);
     if !compiled.credentials.is_empty() {
-        objects::apply_secret(&secrets, &objects::credentials_secret(source, object_name, op_ns, compiled)).await?;
+        objects::apply_secret(
+            &secrets,
+            &objects::credentials_secret(source, object_name, op_ns, compiled),
+        )
+        .await?;
         ctx.index().set_secret(key, true);
     }
-    objects::apply_config_map(&config_maps, &objects::config_map(source, object_name, op_ns, compiled)).await?;
+    objects::apply_config_map(
+        &config_maps,
+        &objects::config_map(source, object_name, op_ns, compiled),
+    )
+    .await?;
     ctx.index().set_config_map(key, true);
     if compiled.credentials.is_empty() && ctx.index().secret(key) != Some(false) {
         objects::delete(&secrets, object_name, "delete Secret").await?;
@@ -161,7 +197,8 @@ async fn publish(source: &Source, key: &RouteKey, object_name: &str, compiled: &
 /// unless this controller already knows they are gone.
 async fn withdraw(key: &RouteKey, object_name: &str, ctx: &Context) -> Result<(), Error> {
     if ctx.index().config_map(key) != Some(false) {
-        let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+        let config_maps: Api<ConfigMap> =
+            Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
         objects::delete(&config_maps, object_name, "delete ConfigMap").await?;
         ctx.index().set_config_map(key, false);
     }
@@ -174,7 +211,12 @@ async fn withdraw(key: &RouteKey, object_name: &str, ctx: &Context) -> Result<()
 }
 
 /// Write the status when it changed, and record an Event for the change.
-async fn report(route: &LogRoute, key: &RouteKey, outcome: &Outcome<'_>, ctx: &Context) -> Result<(), Error> {
+async fn report(
+    route: &LogRoute,
+    key: &RouteKey,
+    outcome: &Outcome<'_>,
+    ctx: &Context,
+) -> Result<(), Error> {
     let previous = route.status.as_ref();
     let desired = status::desired(previous, route.metadata.generation, outcome);
     if previous == Some(&desired) {
@@ -189,7 +231,12 @@ async fn report(route: &LogRoute, key: &RouteKey, outcome: &Outcome<'_>, ctx: &C
 
 /// An object the API holds but that does not read as a LogRoute (e.g. written before a CRD
 /// schema change). It is reported and withdrawn; other routes are not affected.
-async fn apply_malformed(obj: &Guarded, error: &str, key: &RouteKey, ctx: &Context) -> Result<Action, Error> {
+async fn apply_malformed(
+    obj: &Guarded,
+    error: &str,
+    key: &RouteKey,
+    ctx: &Context,
+) -> Result<Action, Error> {
     warn!(route = %key, error, "LogRoute cannot be read; withdrawing its compiled objects");
     let object_name = compiled_object_name(&key.namespace, &key.name);
     withdraw(key, &object_name, ctx).await?;
@@ -218,7 +265,10 @@ async fn cleanup(key: &RouteKey, ctx: &Context) -> Result<Action, Error> {
     objects::delete(&secrets, &object_name, "delete Secret").await?;
     ctx.index().remove(key);
     ctx.refresh_route_gauge();
-    ctx.metrics.reconciliations.with_label_values(&[result::DELETED]).inc();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[result::DELETED])
+        .inc();
     info!(route = %key, "LogRoute deleted; compiled objects removed");
     Ok(Action::await_change())
 }
@@ -232,7 +282,10 @@ fn finish(key: &RouteKey, ready: bool, result: &str, ctx: &Context) {
         }
     }
     ctx.refresh_route_gauge();
-    ctx.metrics.reconciliations.with_label_values(&[result]).inc();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[result])
+        .inc();
 }
 
 fn log_problems(key: &RouteKey, problems: &[Problem]) {
@@ -242,12 +295,20 @@ fn log_problems(key: &RouteKey, problems: &[Problem]) {
 }
 
 /// Events are best effort: a failure to record one is logged, never fails the reconcile.
-async fn publish_event(reference: k8s_openapi::api::core::v1::ObjectReference, status: &LogRouteStatus, ctx: &Context) {
+async fn publish_event(
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    status: &LogRouteStatus,
+    ctx: &Context,
+) {
     let Some(ready) = status::ready_condition(status) else {
         return;
     };
     let event = Event {
-        type_: if ready.status == "True" { EventType::Normal } else { EventType::Warning },
+        type_: if ready.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
         reason: ready.reason.clone(),
         note: Some(status::truncate(&ready.message, NOTE_MAX)),
         action: "Compile".to_string(),

@@ -21,13 +21,18 @@ pub struct Recording(Mutex<BTreeSet<(String, String)>>);
 
 impl Recording {
     pub fn into_refs(self) -> BTreeSet<(String, String)> {
-        self.0.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl SecretLookup for Recording {
     fn get(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        let mut refs = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut refs = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         refs.insert((namespace.to_string(), name.to_string()));
         None
     }
@@ -39,7 +44,9 @@ pub struct Fetched(BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>);
 
 impl SecretLookup for Fetched {
     fn get(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        self.0.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 }
 
@@ -89,7 +96,10 @@ mod tests {
         let refs = rec.into_refs();
         assert_eq!(
             refs.into_iter().collect::<Vec<_>>(),
-            vec![("a".to_string(), "x".to_string()), ("b".to_string(), "y".to_string())]
+            vec![
+                ("a".to_string(), "x".to_string()),
+                ("b".to_string(), "y".to_string())
+            ]
         );
     }
 }

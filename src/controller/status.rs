@@ -4,11 +4,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use super::error::Error;
-use crate::api::{FIELD_MANAGER, LogRoute, LogRouteStatus};
+use crate::api::{FIELD_MANAGER, LogRouteStatus};
 use crate::route::document::{CompiledRoute, NamespaceScope};
 use crate::route::{Compiled, Problem};
 
@@ -47,7 +47,11 @@ pub fn sinks_summary(document: &CompiledRoute) -> String {
 
 /// Each problem with its field path, most important (as the compiler ordered them) first.
 pub fn problems_message(problems: &[Problem]) -> String {
-    let listed = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ");
+    let listed = problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
     match problems.len() {
         0 => "the route was not compiled".to_string(),
         1 => listed,
@@ -70,9 +74,17 @@ pub fn truncate(text: &str, max: usize) -> String {
 
 /// The status the route should show. `previous` supplies lastTransitionTime when the
 /// Ready status did not change, so that an unchanged outcome yields an equal status.
-pub fn desired(previous: Option<&LogRouteStatus>, generation: Option<i64>, outcome: &Outcome<'_>) -> LogRouteStatus {
+pub fn desired(
+    previous: Option<&LogRouteStatus>,
+    generation: Option<i64>,
+    outcome: &Outcome<'_>,
+) -> LogRouteStatus {
     let (ready, reason, message, sinks, namespaces) = match outcome {
-        Outcome::Ready { compiled, namespace_selector, all_namespaces } => {
+        Outcome::Ready {
+            compiled,
+            namespace_selector,
+            all_namespaces,
+        } => {
             let doc = &compiled.document;
             let namespaces = match (&doc.scope.namespaces, *namespace_selector) {
                 (_, false) => None,
@@ -87,25 +99,43 @@ pub fn desired(previous: Option<&LogRouteStatus>, generation: Option<i64>, outco
             );
             match (&doc.scope.namespaces, &namespaces) {
                 (NamespaceScope::All, Some(_)) => message.push_str("; covers all namespaces"),
-                (NamespaceScope::List(_), Some(list)) => {
-                    message.push_str(&format!("; covers {} namespace{}", list.len(), plural(list.len())))
-                }
+                (NamespaceScope::List(_), Some(list)) => message.push_str(&format!(
+                    "; covers {} namespace{}",
+                    list.len(),
+                    plural(list.len())
+                )),
                 _ => {}
             }
             if !compiled.warnings.is_empty() {
                 message.push_str("; warnings: ");
                 message.push_str(&compiled.warnings.join("; "));
             }
-            (true, REASON_COMPILED.to_string(), message, Some(sinks_summary(doc)), namespaces)
+            (
+                true,
+                REASON_COMPILED.to_string(),
+                message,
+                Some(sinks_summary(doc)),
+                namespaces,
+            )
         }
         Outcome::Invalid(problems) => {
-            let reason = problems.first().map_or(REASON_INVALID_SPEC, |p| p.reason.as_str());
-            (false, reason.to_string(), problems_message(problems), None, None)
+            let reason = problems
+                .first()
+                .map_or(REASON_INVALID_SPEC, |p| p.reason.as_str());
+            (
+                false,
+                reason.to_string(),
+                problems_message(problems),
+                None,
+                None,
+            )
         }
         Outcome::Malformed(error) => (
             false,
             REASON_INVALID_SPEC.to_string(),
-            format!("the object is not a valid LogRoute: {error}; fix it with kubectl edit or re-apply the manifest"),
+            format!(
+                "the object is not a valid LogRoute: {error}; fix it with kubectl edit or re-apply the manifest"
+            ),
             None,
             None,
         ),
@@ -140,7 +170,11 @@ pub fn ready_condition(status: &LogRouteStatus) -> Option<&Condition> {
 }
 
 /// Write the status with server-side apply on the status subresource.
-pub async fn patch(api: &Api<LogRoute>, name: &str, status: &LogRouteStatus) -> Result<(), Error> {
+pub async fn patch(
+    api: &super::RouteMetaApi,
+    name: &str,
+    status: &LogRouteStatus,
+) -> Result<(), Error> {
     let body = json!({
         "apiVersion": "logroute.dev/v1alpha1",
         "kind": "LogRoute",
@@ -150,9 +184,13 @@ pub async fn patch(api: &Api<LogRoute>, name: &str, status: &LogRouteStatus) -> 
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
     };
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(Error::api("patch LogRoute status", object))?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::api("patch LogRoute status", object))?;
     Ok(())
 }
 
@@ -162,30 +200,52 @@ mod tests {
     use crate::route::Reason;
 
     fn problem(path: &str, message: &str, reason: Reason) -> Problem {
-        Problem { path: path.into(), message: message.into(), reason }
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            reason,
+        }
     }
 
     #[test]
     fn problems_are_listed_with_their_paths_first_reason_wins() {
         let problems = [
-            problem("spec.sinks[0].elasticsearch.auth.basicSecretRef.namespace", "other namespace", Reason::Forbidden),
-            problem("spec.filter.include", "regex does not compile", Reason::InvalidSpec),
+            problem(
+                "spec.sinks[0].elasticsearch.auth.basicSecretRef.namespace",
+                "other namespace",
+                Reason::Forbidden,
+            ),
+            problem(
+                "spec.filter.include",
+                "regex does not compile",
+                Reason::InvalidSpec,
+            ),
         ];
         let status = desired(None, Some(4), &Outcome::Invalid(&problems));
         let c = ready_condition(&status).expect("Ready condition");
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Forbidden"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Forbidden")
+        );
         assert_eq!(
             c.message,
             "2 problems: spec.sinks[0].elasticsearch.auth.basicSecretRef.namespace: other namespace; \
              spec.filter.include: regex does not compile"
         );
-        assert_eq!((status.observed_generation, c.observed_generation), (Some(4), Some(4)));
+        assert_eq!(
+            (status.observed_generation, c.observed_generation),
+            (Some(4), Some(4))
+        );
         assert_eq!(status.sinks, None);
     }
 
     #[test]
     fn unchanged_outcome_gives_an_equal_status_so_nothing_is_written() {
-        let problems = [problem("spec.sinks", "at least one sink", Reason::InvalidSpec)];
+        let problems = [problem(
+            "spec.sinks",
+            "at least one sink",
+            Reason::InvalidSpec,
+        )];
         let first = desired(None, Some(1), &Outcome::Invalid(&problems));
         let again = desired(Some(&first), Some(1), &Outcome::Invalid(&problems));
         assert_eq!(first, again);
@@ -201,10 +261,18 @@ mod tests {
 
     #[test]
     fn malformed_objects_are_invalid_spec_with_the_decode_error() {
-        let status = desired(None, Some(1), &Outcome::Malformed("spec.sinks: invalid type: string"));
+        let status = desired(
+            None,
+            Some(1),
+            &Outcome::Malformed("spec.sinks: invalid type: string"),
+        );
         let c = ready_condition(&status).expect("Ready condition");
         assert_eq!(c.reason, "InvalidSpec");
-        assert!(c.message.contains("spec.sinks: invalid type: string"), "{}", c.message);
+        assert!(
+            c.message.contains("spec.sinks: invalid type: string"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub async fn sweep(client: &Client, operator_namespace: &str) -> Result<usize, E
         .collect();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), operator_namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), operator_namespace);
-    let removed = sweep_kind(&config_maps, &live, "ConfigMap").await? + sweep_kind(&secrets, &live, "Secret").await?;
+    let removed = sweep_kind(&config_maps, &live, "ConfigMap").await?
+        + sweep_kind(&secrets, &live, "Secret").await?;
     info!(removed, "start-up sweep of orphaned compiled objects done");
     Ok(removed)
 }
@@ -72,9 +73,16 @@ where
         if !is_orphan(&item.metadata, live) {
             continue;
         }
-        let Some(name) = item.metadata.name.as_deref() else { continue };
+        let Some(name) = item.metadata.name.as_deref() else {
+            continue;
+        };
         let source = Source::from_annotations(item.metadata.annotations.as_ref());
-        info!(kind, name, ?source, "deleting compiled object whose LogRoute no longer exists");
+        info!(
+            kind,
+            name,
+            ?source,
+            "deleting compiled object whose LogRoute no longer exists"
+        );
         objects::delete(api, name, delete_action).await?;
         removed += 1;
     }
@@ -88,7 +96,12 @@ mod tests {
 
     fn meta(annotations: &[(&str, &str)]) -> ObjectMeta {
         ObjectMeta {
-            annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         }
     }
@@ -96,17 +109,33 @@ mod tests {
     #[test]
     fn orphans_are_objects_whose_route_is_gone_or_was_replaced() {
         let live = LiveRoutes::from([
-            (("a".to_string(), "kept".to_string()), Some("uid-1".to_string())),
-            (("a".to_string(), "recreated".to_string()), Some("uid-new".to_string())),
+            (
+                ("a".to_string(), "kept".to_string()),
+                Some("uid-1".to_string()),
+            ),
+            (
+                ("a".to_string(), "recreated".to_string()),
+                Some("uid-new".to_string()),
+            ),
         ]);
         let src = |name: &'static str, uid: &'static str| {
-            meta(&[(SOURCE_NAMESPACE_ANNOTATION, "a"), (SOURCE_NAME_ANNOTATION, name), (SOURCE_UID_ANNOTATION, uid)])
+            meta(&[
+                (SOURCE_NAMESPACE_ANNOTATION, "a"),
+                (SOURCE_NAME_ANNOTATION, name),
+                (SOURCE_UID_ANNOTATION, uid),
+            ])
         };
         assert!(!is_orphan(&src("kept", "uid-1"), &live));
         assert!(is_orphan(&src("recreated", "uid-old"), &live));
         assert!(is_orphan(&src("gone", "uid-2"), &live));
         assert!(is_orphan(&meta(&[]), &live), "untraceable objects go");
-        let no_uid = meta(&[(SOURCE_NAMESPACE_ANNOTATION, "a"), (SOURCE_NAME_ANNOTATION, "kept")]);
-        assert!(!is_orphan(&no_uid, &live), "without a uid, name and namespace decide");
+        let no_uid = meta(&[
+            (SOURCE_NAMESPACE_ANNOTATION, "a"),
+            (SOURCE_NAME_ANNOTATION, "kept"),
+        ]);
+        assert!(
+            !is_orphan(&no_uid, &live),
+            "without a uid, name and namespace decide"
+        );
     }
 }

@@ -18,10 +18,10 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
+use super::Guarded;
 use super::context::Context;
 use super::index::{RouteIndex, RouteKey};
 use super::objects::Source;
-use super::Guarded;
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ROUTE_LABEL};
 
 type NamespaceMeta = PartialObjectMeta<Namespace>;
@@ -44,7 +44,11 @@ pub fn triggers(
             Ok(event) => {
                 let changed = namespace_changed(&ns_ctx.namespaces, &event);
                 writer.apply_watcher_event(&event);
-                if changed { ns_ctx.index().routes_with_namespace_selector() } else { Vec::new() }
+                if changed {
+                    ns_ctx.index().routes_with_namespace_selector()
+                } else {
+                    Vec::new()
+                }
             }
             Err(e) => {
                 warn!(error = %e, "namespace watch failed; retrying with backoff");
@@ -53,16 +57,23 @@ pub fn triggers(
         });
 
     let secret_ctx = ctx.clone();
-    let secret_triggers = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), config.clone())
-        .default_backoff()
-        .touched_objects()
-        .map(move |secret| match secret {
-            Ok(secret) => routes_for_secret(&secret_ctx.index(), &secret_ctx.operator_namespace, &secret.metadata),
-            Err(e) => {
-                warn!(error = %e, "Secret watch failed; retrying with backoff");
-                Vec::new()
-            }
-        });
+    let secret_triggers = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        config.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(move |secret| match secret {
+        Ok(secret) => routes_for_secret(
+            &secret_ctx.index(),
+            &secret_ctx.operator_namespace,
+            &secret.metadata,
+        ),
+        Err(e) => {
+            warn!(error = %e, "Secret watch failed; retrying with backoff");
+            Vec::new()
+        }
+    });
 
     let compiled_config_maps = watcher(
         Api::<PartialObjectMeta<ConfigMap>>::namespaced(client, &ctx.operator_namespace),
@@ -78,18 +89,26 @@ pub fn triggers(
         }
     });
 
-    let merged: Vec<BoxStream<'static, Vec<RouteKey>>> =
-        vec![namespace_triggers.boxed(), secret_triggers.boxed(), compiled_config_maps.boxed()];
-    stream::select_all(merged).flat_map(|keys| stream::iter(keys.into_iter().map(|k| k.object_ref())))
+    let merged: Vec<BoxStream<'static, Vec<RouteKey>>> = vec![
+        namespace_triggers.boxed(),
+        secret_triggers.boxed(),
+        compiled_config_maps.boxed(),
+    ];
+    stream::select_all(merged)
+        .flat_map(|keys| stream::iter(keys.into_iter().map(|k| k.object_ref())))
 }
 
 /// Whether a namespace event changes what a namespaceSelector can match: a namespace
 /// appeared, went, or its labels changed. Compared with the cache before the event.
-pub fn namespace_changed(cache: &Store<NamespaceMeta>, event: &watcher::Event<NamespaceMeta>) -> bool {
+pub fn namespace_changed(
+    cache: &Store<NamespaceMeta>,
+    event: &watcher::Event<NamespaceMeta>,
+) -> bool {
     match event {
         watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
             let before = cache.get(&ObjectRef::from_obj(ns));
-            labels(before.as_ref().map(|b| &b.metadata)) != labels(Some(&ns.metadata)) || before.is_none()
+            labels(before.as_ref().map(|b| &b.metadata)) != labels(Some(&ns.metadata))
+                || before.is_none()
         }
         watcher::Event::Delete(_) => true,
         watcher::Event::Init | watcher::Event::InitDone => false,
@@ -102,7 +121,11 @@ fn labels(meta: Option<&ObjectMeta>) -> Option<&BTreeMap<String, String>> {
 
 /// Routes to reconcile when this Secret changed: those that refer to it, and — for a
 /// compiled credentials Secret in the operator namespace — the route it belongs to.
-pub fn routes_for_secret(index: &RouteIndex, operator_namespace: &str, meta: &ObjectMeta) -> Vec<RouteKey> {
+pub fn routes_for_secret(
+    index: &RouteIndex,
+    operator_namespace: &str,
+    meta: &ObjectMeta,
+) -> Vec<RouteKey> {
     let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
         return Vec::new();
     };
@@ -120,7 +143,9 @@ pub fn routes_for_secret(index: &RouteIndex, operator_namespace: &str, meta: &Ob
 /// The route a compiled object belongs to, if it is one of ours.
 pub fn compiled_object_source(meta: &ObjectMeta) -> Option<RouteKey> {
     let labels = meta.labels.as_ref()?;
-    if !labels.contains_key(ROUTE_LABEL) || labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+    if !labels.contains_key(ROUTE_LABEL)
+        || labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY)
+    {
         return None;
     }
     let source = Source::from_annotations(meta.annotations.as_ref())?;
@@ -141,7 +166,12 @@ mod tests {
             types: None,
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             },
             _phantom: Default::default(),
@@ -152,17 +182,26 @@ mod tests {
     fn only_label_changes_and_membership_changes_count() {
         let (reader, mut writer) = reflector::store::<NamespaceMeta>();
         let event = watcher::Event::Apply(ns("team-a", &[("tier", "prod")]));
-        assert!(namespace_changed(&reader, &event), "a new namespace is a change");
+        assert!(
+            namespace_changed(&reader, &event),
+            "a new namespace is a change"
+        );
         writer.apply_watcher_event(&event);
 
         let same = watcher::Event::Apply(ns("team-a", &[("tier", "prod")]));
-        assert!(!namespace_changed(&reader, &same), "same labels (e.g. a status update) is no change");
+        assert!(
+            !namespace_changed(&reader, &same),
+            "same labels (e.g. a status update) is no change"
+        );
 
         let relabelled = watcher::Event::Apply(ns("team-a", &[("tier", "dev")]));
         assert!(namespace_changed(&reader, &relabelled));
         writer.apply_watcher_event(&relabelled);
 
-        assert!(namespace_changed(&reader, &watcher::Event::Delete(ns("team-a", &[]))));
+        assert!(namespace_changed(
+            &reader,
+            &watcher::Event::Delete(ns("team-a", &[]))
+        ));
         assert!(!namespace_changed(&reader, &watcher::Event::InitDone));
     }
 
@@ -175,7 +214,10 @@ mod tests {
                 (MANAGED_BY_LABEL.to_string(), managed_by.to_string()),
             ])),
             annotations: Some(BTreeMap::from([
-                (SOURCE_NAMESPACE_ANNOTATION.to_string(), namespace.to_string()),
+                (
+                    SOURCE_NAMESPACE_ANNOTATION.to_string(),
+                    namespace.to_string(),
+                ),
                 (SOURCE_NAME_ANNOTATION.to_string(), name.to_string()),
             ])),
             ..ObjectMeta::default()
@@ -186,20 +228,33 @@ mod tests {
     fn secret_events_map_to_referring_routes_and_to_the_owner_of_a_compiled_secret() {
         let mut index = RouteIndex::default();
         let route = RouteKey::new("team-a", "errors");
-        index.set_refs(&route, BTreeSet::from([("team-a".to_string(), "es-creds".to_string())]), false);
+        index.set_refs(
+            &route,
+            BTreeSet::from([("team-a".to_string(), "es-creds".to_string())]),
+            false,
+        );
 
         let user_secret = ObjectMeta {
             namespace: Some("team-a".into()),
             name: Some("es-creds".into()),
             ..ObjectMeta::default()
         };
-        assert_eq!(routes_for_secret(&index, "logroute-system", &user_secret), vec![route.clone()]);
+        assert_eq!(
+            routes_for_secret(&index, "logroute-system", &user_secret),
+            vec![route.clone()]
+        );
 
-        let same_name_elsewhere = ObjectMeta { namespace: Some("team-b".into()), ..user_secret.clone() };
+        let same_name_elsewhere = ObjectMeta {
+            namespace: Some("team-b".into()),
+            ..user_secret.clone()
+        };
         assert!(routes_for_secret(&index, "logroute-system", &same_name_elsewhere).is_empty());
 
         let compiled = compiled_meta("team-a", "errors", MANAGED_BY);
-        assert_eq!(routes_for_secret(&index, "logroute-system", &compiled), vec![route]);
+        assert_eq!(
+            routes_for_secret(&index, "logroute-system", &compiled),
+            vec![route]
+        );
 
         let foreign = compiled_meta("team-a", "errors", "someone-else");
         assert!(routes_for_secret(&index, "logroute-system", &foreign).is_empty());
