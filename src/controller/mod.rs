@@ -8,13 +8,15 @@
 //! - [`leader`]: Lease-based leader election; only the leader runs the Controller.
 //!
 //! Kubernetes API calls the controller makes (the chart's RBAC follows this list):
-//! - `logroute.dev` `logroutes` (all namespaces): get, list, watch, patch;
-//!   `logroutes/status`: patch.
-//! - core `configmaps` in the operator namespace: list, watch, patch, delete.
-//! - core `secrets` in the operator namespace: list, patch, delete; in every namespace:
-//!   get (only Secrets a LogRoute of that namespace refers to), list, watch (metadata only).
-//! - core `namespaces` (cluster): list, watch (metadata only).
-//! - `events.k8s.io` `events` (in the LogRoutes' namespaces): create, patch.
+//! - `logroute.dev` `logroutes`, all namespaces: list, watch (the Controller; the sweep
+//!   lists metadata), patch (finalizer add/remove); `logroutes/status`: patch.
+//! - core `configmaps` in the operator namespace: create + patch (server-side apply),
+//!   delete, list, watch (metadata: sweep and drift triggers).
+//! - core `secrets` in the operator namespace: create + patch (apply), delete, list
+//!   (sweep); in every namespace: get (only Secrets a LogRoute of that namespace refers
+//!   to), list, watch (metadata only, to re-trigger routes).
+//! - core `namespaces`, cluster: list, watch (metadata only).
+//! - `events.k8s.io` `events`, in the LogRoutes' namespaces: create, patch.
 //! - `coordination.k8s.io` `leases` in the operator namespace: get, create, update.
 
 pub mod context;

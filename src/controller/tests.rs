@@ -10,9 +10,10 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::fixtures::{Call, OP_NS, context, metric};
 use super::index::RouteKey;
-use super::reconcile::{RESYNC, reconcile};
+use super::reconcile::{RESYNC, error_policy, reconcile};
 use super::{Guarded, sweep};
 use crate::api::FINALIZER;
 
@@ -671,4 +672,25 @@ async fn the_start_up_sweep_deletes_only_orphans() {
         .await
         .expect("sweep");
     assert_eq!(removed, 3);
+}
+
+#[tokio::test]
+async fn failures_are_counted_and_retried_with_growing_delays() {
+    let (ctx, _api, registry) = context(&[]);
+    let (_, obj) = route(SYSLOG, 1, None);
+    let first = error_policy(obj.clone(), &Error::NamespaceCacheGone, ctx.clone());
+    let second = error_policy(obj, &Error::NamespaceCacheGone, ctx.clone());
+    // 5 s then 10 s, each with at most 10 % jitter.
+    let in_range = |a: &Action, lo: u64, hi: u64| {
+        (lo..=hi).any(|ms| *a == Action::requeue(std::time::Duration::from_millis(ms)))
+    };
+    assert!(in_range(&first, 5_000, 5_500), "{first:?}");
+    assert!(in_range(&second, 10_000, 11_000), "{second:?}");
+    assert_eq!(
+        metric(
+            &registry,
+            r#"logroute_controller_reconciliations_total{result="error"}"#
+        ),
+        Some(2.0)
+    );
 }
