@@ -1,6 +1,73 @@
 //! The controller: keeps compiled ConfigMaps/Secrets in step with LogRoutes.
+//!
+//! Wiring only; the parts are:
+//! - [`reconcile`]: compile one LogRoute, publish or withdraw its compiled objects, write
+//!   its status and Events; the finalizer's cleanup.
+//! - [`triggers`]: Secret, namespace and compiled-object watches that re-trigger routes.
+//! - [`sweep`]: the start-up removal of compiled objects whose LogRoute is gone.
+//! - [`leader`]: Lease-based leader election; only the leader runs the Controller.
+//!
+//! Kubernetes API calls the controller makes (the chart's RBAC follows this list):
+//! - `logroute.dev` `logroutes`, all namespaces: list, watch (the Controller; the sweep
+//!   lists metadata), patch (finalizer add/remove); `logroutes/status`: patch.
+//! - core `configmaps` in the operator namespace: create + patch (server-side apply),
+//!   delete, list, watch (metadata: sweep and drift triggers).
+//! - core `secrets` in the operator namespace: create + patch (apply), delete, list
+//!   (sweep); in every namespace: get (only Secrets a LogRoute of that namespace refers
+//!   to), list, watch (metadata only, to re-trigger routes).
+//! - core `namespaces`, cluster: list, watch (metadata only).
+//! - `events.k8s.io` `events`, in the LogRoutes' namespaces: create, patch.
+//! - `coordination.k8s.io` `leases` in the operator namespace: get, create, update.
+
+pub mod context;
+pub mod error;
+pub mod index;
+pub mod leader;
+pub mod objects;
+pub mod reconcile;
+pub mod secrets;
+pub mod status;
+pub mod sweep;
+pub mod triggers;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{reflector, watcher};
+use kube::{Api, Client};
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use context::Context;
+pub use error::Error;
+pub use reconcile::{error_policy, reconcile};
+
+use crate::api::LogRoute;
+use crate::http::{self, Readiness};
+use crate::metrics::ControllerMetrics;
+
+/// A LogRoute as watched: one that does not deserialize is still delivered (as `Err`),
+/// so it can be reported instead of breaking the watch for every other route.
+pub type Guarded = DeserializeGuard<LogRoute>;
+/// LogRoutes through the API without decoding their spec (finalizer and status patches).
+pub type RouteMetaApi = Api<PartialObjectMeta<LogRoute>>;
+
+/// Name the controller reports in Events.
+const REPORTER: &str = "logroute-controller";
+/// Wait between start-up sweep attempts that failed.
+const SWEEP_RETRY: Duration = Duration::from_secs(10);
 
 /// `logroute controller` flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -14,6 +81,158 @@ pub struct ControllerArgs {
     pub metrics_addr: SocketAddr,
 }
 
+/// Run until SIGTERM/SIGINT: serve metrics, contend for the leader lease, and while
+/// leading run the Controller. Readiness: a standby replica is ready at once; the leader
+/// once its LogRoute and namespace caches are filled.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("controller not built yet: {args:?}")
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",
+    )?;
+    let registry = Registry::new();
+    let metrics = ControllerMetrics::new(&registry);
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let server = http::serve(
+        args.metrics_addr,
+        registry,
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
+
+    let identity = identity();
+    info!(%identity, namespace = %args.namespace, "controller starting");
+    let elector = leader::LeaderElector::new(
+        client.clone(),
+        leader::LeaseSettings::new(&args.namespace, &identity),
+    );
+    let standby_ready = readiness.clone();
+    let elected = leader::run_elected(
+        elector,
+        shutdown.clone(),
+        move || standby_ready.set(true),
+        |stop| {
+            lead(
+                client.clone(),
+                args.namespace.clone(),
+                identity.clone(),
+                metrics.clone(),
+                readiness.clone(),
+                stop,
+            )
+        },
+    )
+    .await;
+    shutdown.cancel();
+    if let Err(e) = server.await {
+        warn!(error = %e, "metrics server task failed");
+    }
+    elected?;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// What the leader does until `stop`: sweep orphans, then run the Controller.
+async fn lead(
+    client: Client,
+    operator_namespace: String,
+    identity: String,
+    metrics: ControllerMetrics,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    readiness.set(false);
+    loop {
+        match sweep::sweep(&client, &operator_namespace).await {
+            Ok(_) => break,
+            Err(e) => warn!(error = %e, "start-up sweep failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SWEEP_RETRY) => {}
+        }
+    }
+
+    let (namespaces, namespace_writer) = reflector::store();
+    let reporter = Reporter {
+        controller: REPORTER.to_string(),
+        instance: Some(identity),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        operator_namespace,
+        metrics,
+        recorder,
+        namespaces.clone(),
+    ));
+
+    let routes: Api<Guarded> = Api::all(client);
+    let controller = Controller::new(routes, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+        .reconcile_on(triggers::triggers(ctx.clone(), namespace_writer))
+        .graceful_shutdown_on(stop.clone().cancelled_owned());
+    let route_cache = controller.store();
+    let synced = tokio::spawn(async move {
+        if route_cache.wait_until_ready().await.is_ok()
+            && namespaces.wait_until_ready().await.is_ok()
+        {
+            info!("caches synced; reconciling");
+            readiness.set(true);
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|outcome| async move {
+            match outcome {
+                Ok((route, _)) => debug!(%route, "reconciled"),
+                // Already logged with its backoff by error_policy.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A trigger for a route that no longer exists (e.g. an orphan's event).
+                Err(controller::Error::ObjectNotFound(route)) => {
+                    debug!(%route, "triggered route not found")
+                }
+                Err(e) => warn!(error = %e, "controller watch error"),
+            }
+        })
+        .await;
+    synced.abort();
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// This replica's name in the Lease and in Events: the pod name (`POD_NAME` from the
+/// downward API), else the host name.
+fn identity() -> String {
+    let from_env = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    from_env("POD_NAME")
+        .or_else(|| from_env("HOSTNAME"))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("logroute-controller-{:08x}", fastrand::u32(..)))
 }
