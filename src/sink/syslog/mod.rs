@@ -1,34 +1,270 @@
 //! Syslog sink: RFC 5424 / RFC 3164 over UDP, TCP or TLS (RFC 6587 framing).
+//!
+//! A batch is encoded into one buffer and written with as few system calls as the socket
+//! allows. The connection is opened on the first send and again on the send after a
+//! failure; the caller owns backoff and retry counting. What "accepted" means: for TCP and
+//! TLS, every byte of the record's frame was handed to the kernel; for UDP, its datagram
+//! was sent. See `encode` for the wire format and `transport` for dead-peer detection.
+//!
+//! A receiver must accept messages of `maxMessageBytes` (default 65536 on TCP/TLS, 8192
+//! on UDP): rsyslog's default `maxMessageSize` is 8 KiB, and its imtcp `maxFrameSize`
+//! (200000 by default) must also be at least that large for octet-counted frames.
 
+mod encode;
+mod tls;
+mod transport;
+
+use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter};
+
+pub use encode::SD_ID;
+use encode::Encoder;
 
 use super::{SendFailure, SinkContext};
 use crate::record::Record;
-use crate::route::document::SyslogConfig;
+use crate::route::document::{SyslogConfig, SyslogTransport};
+use transport::{Connection, Protocol, Target};
 
+/// RFC 5424 §6.1: every receiver must accept messages of 480 octets; smaller limits
+/// cannot hold a header with structured data.
+pub const MIN_MESSAGE_BYTES: u32 = 480;
+/// Largest UDP message: what fits one IPv4 datagram with room to spare, as the LogRoute
+/// API documents.
+pub const MAX_UDP_MESSAGE_BYTES: u32 = 65000;
+
+/// Errors of the syslog sink. Configuration errors come from [`SyslogSink::new`];
+/// the others from a send, after which the connection is dropped and reopened on the next
+/// send.
 #[derive(Debug, thiserror::Error)]
 pub enum SyslogError {
-    #[error("syslog sink is not built yet")]
-    Unimplemented,
+    #[error(
+        "syslog maxMessageBytes {limit} is outside {min}..={max} for {transport}; choose a size the receiver accepts"
+    )]
+    MessageLimit { limit: u32, min: u32, max: u32, transport: &'static str },
+    #[error("syslog {what} {value} is out of range (0..={max})")]
+    OutOfRange { what: &'static str, value: u8, max: u8 },
+    #[error("TLS credential `{key}` is missing from the route's credentials; check the referenced Secret and key")]
+    Credential { key: String },
+    #[error("{what} in credential `{key}` cannot be used: {detail}")]
+    Pem { what: &'static str, key: String, detail: String },
+    #[error("mutual TLS needs both a client certificate and its key, but only one is set")]
+    ClientCertWithoutKey,
+    #[error("no usable CA certificate in the system trust store ({detail}); set tls.caSecretRef to the receiver's CA")]
+    NoSystemRoots { detail: String },
+    #[error("`{name}` is not a valid TLS server name; set tls.serverName to a DNS name or IP address in the receiver's certificate")]
+    ServerName { name: String },
+    #[error("TLS client configuration failed: {0}")]
+    TlsConfig(rustls::Error),
+    #[error("cannot resolve syslog receiver {addr}: {source}")]
+    Resolve { addr: String, source: io::Error },
+    #[error("cannot connect to syslog receiver {addr}: {source}; is it running and reachable?")]
+    Connect { addr: String, source: io::Error },
+    #[error("connecting to syslog receiver {addr} took longer than {timeout:?}; is it reachable?")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error(
+        "TLS handshake with syslog receiver {addr} (server name {server_name}) failed: {source}; check that tls.caSecretRef holds the CA that signed the receiver's certificate and that tls.serverName is a name in it"
+    )]
+    Handshake { addr: String, server_name: String, source: io::Error },
+    #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
+    Write { addr: String, source: io::Error },
 }
 
 impl SyslogError {
+    /// Bounded label for metrics.
     pub fn reason(&self) -> &'static str {
-        "unimplemented"
+        match self {
+            SyslogError::MessageLimit { .. }
+            | SyslogError::OutOfRange { .. }
+            | SyslogError::Credential { .. }
+            | SyslogError::Pem { .. }
+            | SyslogError::ClientCertWithoutKey
+            | SyslogError::NoSystemRoots { .. }
+            | SyslogError::ServerName { .. }
+            | SyslogError::TlsConfig(_) => "config",
+            SyslogError::Resolve { .. } => "resolve",
+            SyslogError::Connect { .. } => "connect",
+            SyslogError::ConnectTimeout { .. } => "timeout",
+            SyslogError::Handshake { .. } => "tls",
+            SyslogError::Write { .. } => "write",
+        }
+    }
+}
+
+/// Metric handles of one sink, resolved once.
+struct Metrics {
+    ctx: SinkContext,
+    sent: IntCounter,
+    cut: IntCounter,
+    reconnects: IntCounter,
+    send_latency: Histogram,
+    end_to_end: Histogram,
+}
+
+impl Metrics {
+    fn new(ctx: SinkContext) -> Self {
+        let m = &ctx.metrics;
+        let labels = ["syslog", ctx.route.as_str(), ctx.sink.as_str()];
+        Self {
+            sent: m.records_sent.with_label_values(&labels),
+            cut: m.records_cut.with_label_values(&labels),
+            reconnects: m.sink_reconnects.with_label_values(&labels),
+            send_latency: m.send_latency.with_label_values(&labels),
+            end_to_end: m.end_to_end_latency.with_label_values(&labels),
+            ctx,
+        }
+    }
+
+    fn error(&self, e: &SyslogError) {
+        let labels = ["syslog", self.ctx.route.as_str(), self.ctx.sink.as_str(), e.reason()];
+        self.ctx.metrics.send_errors.with_label_values(&labels).inc();
     }
 }
 
 pub struct SyslogSink {
-    _cfg: SyslogConfig,
-    _ctx: SinkContext,
+    target: Target,
+    encoder: Encoder,
+    conn: Option<Connection>,
+    /// Connections opened so far; all but the first count as reconnects.
+    connections: u64,
+    /// The encoded batch and where each frame ends (and whether it was cut).
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    cut: Vec<bool>,
+    metrics: Metrics,
 }
 
+/// Keep the batch buffer across sends unless one huge batch blew it up.
+const RETAINED_BUFFER_BYTES: usize = 4 << 20;
+
 impl SyslogSink {
+    /// Validate the configuration and build the TLS client; no network I/O.
     pub fn new(cfg: SyslogConfig, ctx: SinkContext) -> Result<Self, SyslogError> {
-        Ok(Self { _cfg: cfg, _ctx: ctx })
+        let max = match cfg.transport {
+            SyslogTransport::Udp => MAX_UDP_MESSAGE_BYTES,
+            SyslogTransport::Tcp | SyslogTransport::Tls => u32::MAX,
+        };
+        if !(MIN_MESSAGE_BYTES..=max).contains(&cfg.max_message_bytes) {
+            return Err(SyslogError::MessageLimit {
+                limit: cfg.max_message_bytes,
+                min: MIN_MESSAGE_BYTES,
+                max,
+                transport: transport_name(cfg.transport),
+            });
+        }
+        if cfg.facility > 23 {
+            return Err(SyslogError::OutOfRange { what: "facility", value: cfg.facility, max: 23 });
+        }
+        if let Some(severity) = cfg.severity.filter(|&s| s > 7) {
+            return Err(SyslogError::OutOfRange { what: "severity", value: severity, max: 7 });
+        }
+        let protocol = match cfg.transport {
+            SyslogTransport::Udp => Protocol::Udp,
+            SyslogTransport::Tcp => Protocol::Tcp,
+            SyslogTransport::Tls => {
+                let settings = cfg.tls.clone().unwrap_or_default();
+                Protocol::Tls(tls::client(&settings, &ctx.credentials, &cfg.host)?)
+            }
+        };
+        let display = if cfg.host.contains(':') {
+            format!("[{}]:{}", cfg.host, cfg.port)
+        } else {
+            format!("{}:{}", cfg.host, cfg.port)
+        };
+        Ok(Self {
+            target: Target { host: cfg.host.clone(), port: cfg.port, protocol, display },
+            encoder: Encoder::new(&cfg, &ctx.node),
+            conn: None,
+            connections: 0,
+            buf: Vec::new(),
+            ends: Vec::new(),
+            cut: Vec::new(),
+            metrics: Metrics::new(ctx),
+        })
     }
 
-    pub async fn send(&mut self, _batch: &[Arc<Record>]) -> Result<(), SendFailure> {
-        Err(SendFailure { accepted: 0, error: SyslogError::Unimplemented.into() })
+    /// Send a batch. On failure the first `accepted` records were written whole; the
+    /// connection is dropped and the next send opens a new one.
+    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.encode(batch);
+        let result = self.deliver().await;
+        let accepted = match &result {
+            Ok(()) => batch.len(),
+            Err((accepted, _)) => *accepted,
+        };
+        self.account(&batch[..accepted], started, result.is_ok());
+        if self.buf.capacity() > RETAINED_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
+        result.map_err(|(accepted, error)| {
+            self.metrics.error(&error);
+            SendFailure { accepted, error: error.into() }
+        })
+    }
+
+    fn encode(&mut self, batch: &[Arc<Record>]) {
+        self.buf.clear();
+        self.ends.clear();
+        self.cut.clear();
+        for record in batch {
+            let cut = self.encoder.encode(record, &mut self.buf);
+            self.ends.push(self.buf.len());
+            self.cut.push(cut);
+        }
+    }
+
+    async fn deliver(&mut self) -> Result<(), (usize, SyslogError)> {
+        // Taken out for the write: if the caller drops this future half-way, the
+        // connection (and its half-written frame) goes with it.
+        let open = self.conn.take().and_then(|mut conn| conn.peer_is_open().then_some(conn));
+        let mut conn = match open {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.target).await.map_err(|e| (0, e))?;
+                self.connections += 1;
+                if self.connections > 1 {
+                    self.metrics.reconnects.inc();
+                }
+                tracing::debug!(receiver = %self.target.display, connections = self.connections, "syslog connection opened");
+                conn
+            }
+        };
+        match conn.write_frames(&self.buf, &self.ends).await {
+            Ok(()) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err((accepted, source)) => {
+                Err((accepted, SyslogError::Write { addr: self.target.display.clone(), source }))
+            }
+        }
+    }
+
+    fn account(&self, accepted: &[Arc<Record>], started: Instant, whole_batch: bool) {
+        let m = &self.metrics;
+        m.sent.inc_by(accepted.len() as u64);
+        m.cut.inc_by(self.cut[..accepted.len()].iter().filter(|&&c| c).count() as u64);
+        let now = chrono::Utc::now();
+        for record in accepted {
+            let age = (now - record.timestamp.to_datetime()).to_std().unwrap_or_default();
+            m.end_to_end.observe(age.as_secs_f64());
+        }
+        if whole_batch {
+            m.send_latency.observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn transport_name(t: SyslogTransport) -> &'static str {
+    match t {
+        SyslogTransport::Udp => "udp",
+        SyslogTransport::Tcp => "tcp",
+        SyslogTransport::Tls => "tls",
     }
 }
