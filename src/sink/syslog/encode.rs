@@ -307,7 +307,7 @@ fn push_message(out: &mut Vec<u8>, msg: &str, max: usize) -> bool {
     let room = max.saturating_sub(out.len() + 1 + marker_len(msg.len()));
     let keep = floor_char_boundary(msg, room);
     out.push(b' ');
-    out.extend_from_slice(msg[..keep].as_bytes());
+    out.extend_from_slice(&msg.as_bytes()[..keep]);
     write!(out, "{CUT_ELLIPSIS}[cut {} bytes]", msg.len() - keep)
         .expect("writing into a Vec cannot fail");
     true
@@ -318,7 +318,10 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
         return s.len();
     }
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// Like [`floor_char_boundary`] on bytes that are UTF-8 (header ASCII + UTF-8 message).
@@ -327,7 +330,10 @@ fn floor_char_boundary_bytes(b: &[u8], max: usize) -> usize {
         return b.len();
     }
     // A UTF-8 continuation byte is 0b10xx_xxxx; a boundary is any other position.
-    (0..=max).rev().find(|&i| i == b.len() || (b[i] & 0xC0) != 0x80).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| i == b.len() || (b[i] & 0xC0) != 0x80)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -5,9 +5,16 @@ use crate::record::{ContainerInfo, PodInfo, Timestamp};
 
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 /// 2024-01-02T03:04:05.123456789Z
-const TS: Timestamp = Timestamp { secs: 1_704_164_645, nanos: 123_456_789 };
+const TS: Timestamp = Timestamp {
+    secs: 1_704_164_645,
+    nanos: 123_456_789,
+};
 
-fn config(format: SyslogFormat, transport: SyslogTransport, framing: SyslogFraming) -> SyslogConfig {
+fn config(
+    format: SyslogFormat,
+    transport: SyslogTransport,
+    framing: SyslogFraming,
+) -> SyslogConfig {
     SyslogConfig {
         host: "127.0.0.1".into(),
         port: 514,
@@ -22,7 +29,11 @@ fn config(format: SyslogFormat, transport: SyslogTransport, framing: SyslogFrami
 }
 
 fn rfc5424() -> SyslogConfig {
-    config(SyslogFormat::Rfc5424, SyslogTransport::Tcp, SyslogFraming::OctetCounting)
+    config(
+        SyslogFormat::Rfc5424,
+        SyslogTransport::Tcp,
+        SyslogFraming::OctetCounting,
+    )
 }
 
 fn pod_container() -> Arc<ContainerInfo> {
@@ -43,11 +54,22 @@ fn pod_container() -> Arc<ContainerInfo> {
 }
 
 fn host_container() -> Arc<ContainerInfo> {
-    Arc::new(ContainerInfo { id: ID.into(), name: "nginx".into(), node: "node-1".into(), ..ContainerInfo::default() })
+    Arc::new(ContainerInfo {
+        id: ID.into(),
+        name: "nginx".into(),
+        node: "node-1".into(),
+        ..ContainerInfo::default()
+    })
 }
 
 fn record(container: Arc<ContainerInfo>, stream: StreamName, message: &str) -> Record {
-    Record { container, stream, timestamp: TS, message: message.into(), truncated: false }
+    Record {
+        container,
+        stream,
+        timestamp: TS,
+        message: message.into(),
+        truncated: false,
+    }
 }
 
 fn encode(cfg: &SyslogConfig, node: &str, rec: &Record) -> (String, bool) {
@@ -59,7 +81,11 @@ fn encode(cfg: &SyslogConfig, node: &str, rec: &Record) -> (String, bool) {
 /// Strip and check the RFC 6587 octet count; return the message.
 fn unframe(frame: &str) -> &str {
     let (len, msg) = frame.split_once(' ').expect("octet count and a space");
-    assert_eq!(len.parse::<usize>().expect("numeric octet count"), msg.len(), "octet count of {frame:?}");
+    assert_eq!(
+        len.parse::<usize>().expect("numeric octet count"),
+        msg.len(),
+        "octet count of {frame:?}"
+    );
     msg
 }
 
@@ -90,23 +116,39 @@ fn host_container_has_docker_name_and_no_pod_fields() {
 fn severity_follows_stream_unless_configured() {
     let mut cfg = rfc5424();
     cfg.facility = 1;
-    let out = |cfg: &SyslogConfig, stream| encode(cfg, "n", &record(host_container(), stream, "m")).0;
-    assert!(unframe(&out(&cfg, StreamName::Stderr)).starts_with("<11>1 "), "user.err = 8+3");
-    assert!(unframe(&out(&cfg, StreamName::Stdout)).starts_with("<14>1 "), "user.info = 8+6");
+    let out =
+        |cfg: &SyslogConfig, stream| encode(cfg, "n", &record(host_container(), stream, "m")).0;
+    assert!(
+        unframe(&out(&cfg, StreamName::Stderr)).starts_with("<11>1 "),
+        "user.err = 8+3"
+    );
+    assert!(
+        unframe(&out(&cfg, StreamName::Stdout)).starts_with("<14>1 "),
+        "user.info = 8+6"
+    );
     cfg.severity = Some(4);
     assert!(unframe(&out(&cfg, StreamName::Stderr)).starts_with("<12>1 "));
     assert!(unframe(&out(&cfg, StreamName::Stdout)).starts_with("<12>1 "));
     cfg.facility = 23;
     cfg.severity = Some(7);
-    assert!(unframe(&out(&cfg, StreamName::Stdout)).starts_with("<191>1 "), "local7.debug is the largest PRI");
+    assert!(
+        unframe(&out(&cfg, StreamName::Stdout)).starts_with("<191>1 "),
+        "local7.debug is the largest PRI"
+    );
 }
 
 #[test]
 fn timestamp_is_utc_microseconds_zero_padded() {
     let mut rec = record(host_container(), StreamName::Stdout, "m");
-    rec.timestamp = Timestamp { secs: 0, nanos: 5_000 };
+    rec.timestamp = Timestamp {
+        secs: 0,
+        nanos: 5_000,
+    };
     let (frame, _) = encode(&rfc5424(), "n", &rec);
-    assert!(unframe(&frame).starts_with("<134>1 1970-01-01T00:00:00.000005Z n "), "{frame}");
+    assert!(
+        unframe(&frame).starts_with("<134>1 1970-01-01T00:00:00.000005Z n "),
+        "{frame}"
+    );
 }
 
 #[test]
@@ -122,9 +164,16 @@ fn header_fields_are_sanitized_and_limited() {
     let msg = unframe(&frame);
     let fields: Vec<&str> = msg.splitn(7, ' ').collect();
     assert_eq!(fields[2].len(), 255, "HOSTNAME is at most 255 bytes");
-    assert!(fields[2].starts_with("my_node__hhh"), "spaces, tabs and non-ASCII become _: {}", fields[2]);
+    assert!(
+        fields[2].starts_with("my_node__hhh"),
+        "spaces, tabs and non-ASCII become _: {}",
+        fields[2]
+    );
     assert_eq!(fields[3], &long_pod[..48], "APP-NAME is at most 48 bytes");
-    assert_eq!(fields[4], "0123456789ab", "PROCID is the short container id");
+    assert_eq!(
+        fields[4], "0123456789ab",
+        "PROCID is the short container id"
+    );
     // The full pod name and the unsanitized node are still in the structured data.
     assert!(fields[6].contains(&format!("pod=\"{long_pod}\"")), "{msg}");
     assert!(fields[6].contains("node=\"my node\tÄhhh"), "{msg}");
@@ -148,33 +197,59 @@ fn sd_values_are_escaped() {
     if let Some(pod) = container.pod.as_mut() {
         pod.namespace = r#"a"b\c]d"#.into();
     }
-    let rec = record(Arc::new(container), StreamName::Stdout, r#"msg with "quotes" ] and \ stay raw"#);
+    let rec = record(
+        Arc::new(container),
+        StreamName::Stdout,
+        r#"msg with "quotes" ] and \ stay raw"#,
+    );
     let (frame, _) = encode(&rfc5424(), "n", &rec);
     let msg = unframe(&frame);
     assert!(msg.contains(r#"namespace="a\"b\\c\]d""#), "{msg}");
-    assert!(msg.ends_with(r#"] msg with "quotes" ] and \ stay raw"#), "MSG is not escaped: {msg}");
+    assert!(
+        msg.ends_with(r#"] msg with "quotes" ] and \ stay raw"#),
+        "MSG is not escaped: {msg}"
+    );
 }
 
 #[test]
 fn octet_counting_keeps_newlines_and_counts_bytes() {
-    let rec = record(host_container(), StreamName::Stderr, "Exception: é\n  at a()\n  at b()");
+    let rec = record(
+        host_container(),
+        StreamName::Stderr,
+        "Exception: é\n  at a()\n  at b()",
+    );
     let (frame, _) = encode(&rfc5424(), "n", &rec);
-    assert!(unframe(&frame).ends_with("] Exception: é\n  at a()\n  at b()"), "{frame:?}");
+    assert!(
+        unframe(&frame).ends_with("] Exception: é\n  at a()\n  at b()"),
+        "{frame:?}"
+    );
 }
 
 #[test]
 fn newline_framing_escapes_embedded_newlines() {
-    let cfg = config(SyslogFormat::Rfc5424, SyslogTransport::Tls, SyslogFraming::Newline);
+    let cfg = config(
+        SyslogFormat::Rfc5424,
+        SyslogTransport::Tls,
+        SyslogFraming::Newline,
+    );
     let rec = record(host_container(), StreamName::Stderr, "line 1\nline 2\n");
     let (frame, _) = encode(&cfg, "n", &rec);
     assert!(frame.ends_with("] line 1#012line 2#012\n"), "{frame:?}");
-    assert_eq!(frame.matches('\n').count(), 1, "only the frame delimiter: {frame:?}");
+    assert_eq!(
+        frame.matches('\n').count(),
+        1,
+        "only the frame delimiter: {frame:?}"
+    );
 }
 
 #[test]
 fn udp_is_one_bare_message() {
     // The configured framing does not apply to datagrams.
-    let cfg = config(SyslogFormat::Rfc5424, SyslogTransport::Udp, SyslogFraming::Newline);
+    let cfg = config(
+        SyslogFormat::Rfc5424,
+        SyslogTransport::Udp,
+        SyslogFraming::Newline,
+    );
     let rec = record(host_container(), StreamName::Stdout, "a\nb");
     let (frame, _) = encode(&cfg, "n", &rec);
     assert!(frame.starts_with("<134>1 "), "{frame:?}");
@@ -183,19 +258,32 @@ fn udp_is_one_bare_message() {
 
 #[test]
 fn rfc3164_header_and_tag() {
-    let cfg = config(SyslogFormat::Rfc3164, SyslogTransport::Tcp, SyslogFraming::OctetCounting);
+    let cfg = config(
+        SyslogFormat::Rfc3164,
+        SyslogTransport::Tcp,
+        SyslogFraming::OctetCounting,
+    );
     let rec = record(pod_container(), StreamName::Stdout, "hello");
     let (frame, _) = encode(&cfg, "node-1", &rec);
-    assert_eq!(unframe(&frame), "<134>Jan  2 03:04:05 node-1 payments-7d9f[0123456789ab]: hello");
+    assert_eq!(
+        unframe(&frame),
+        "<134>Jan  2 03:04:05 node-1 payments-7d9f[0123456789ab]: hello"
+    );
 
     let mut container = (*host_container()).clone();
     container.name = format!("we:ird[name]{}", "x".repeat(40));
     let rec = record(Arc::new(container), StreamName::Stderr, "x");
     let mut rec_late = rec.clone();
-    rec_late.timestamp = Timestamp { secs: 1_703_980_799, nanos: 0 }; // 2023-12-30T23:59:59Z
+    rec_late.timestamp = Timestamp {
+        secs: 1_703_980_799,
+        nanos: 0,
+    }; // 2023-12-30T23:59:59Z
     let (frame, _) = encode(&cfg, "node-1", &rec_late);
     let tag = format!("we_ird_name_{}", "x".repeat(20));
-    assert_eq!(unframe(&frame), format!("<131>Dec 30 23:59:59 node-1 {tag}[0123456789ab]: x"));
+    assert_eq!(
+        unframe(&frame),
+        format!("<131>Dec 30 23:59:59 node-1 {tag}[0123456789ab]: x")
+    );
 }
 
 #[test]
@@ -207,11 +295,21 @@ fn long_message_is_cut_visibly_within_the_limit() {
     let (frame, cut) = encode(&cfg, "node-1", &rec);
     assert!(cut);
     let msg = unframe(&frame);
-    assert_eq!(msg.len(), 1000, "the cut message fills the limit exactly with ASCII");
+    assert_eq!(
+        msg.len(),
+        1000,
+        "the cut message fills the limit exactly with ASCII"
+    );
     let (_, body) = msg.split_once("] ").expect("structured data then MSG");
     let (kept, marker) = body.split_once('…').expect("cut marker");
-    assert!(message.starts_with(kept), "kept part is a prefix of the message");
-    assert_eq!(marker, format!("[cut {} bytes]", message.len() - kept.len()));
+    assert!(
+        message.starts_with(kept),
+        "kept part is a prefix of the message"
+    );
+    assert_eq!(
+        marker,
+        format!("[cut {} bytes]", message.len() - kept.len())
+    );
 }
 
 #[test]
@@ -247,8 +345,16 @@ fn cutting_never_splits_a_character_and_never_exceeds_the_limit() {
                         SyslogFraming::OctetCounting => unframe(frame),
                         SyslogFraming::Newline => frame.strip_suffix('\n').expect("LF-terminated"),
                     };
-                    assert!(msg.len() <= max as usize, "{format:?} {framing:?} max {max} len {len}: {}", msg.len());
-                    assert_eq!(cut, msg.contains("[cut "), "cut flag matches the marker: {msg:?}");
+                    assert!(
+                        msg.len() <= max as usize,
+                        "{format:?} {framing:?} max {max} len {len}: {}",
+                        msg.len()
+                    );
+                    assert_eq!(
+                        cut,
+                        msg.contains("[cut "),
+                        "cut flag matches the marker: {msg:?}"
+                    );
                     if !cut {
                         let sent = match framing {
                             SyslogFraming::Newline => message.replace('\n', "#012"),
@@ -289,9 +395,15 @@ fn limit_below_header_drops_structured_data_first() {
 fn frames_are_appended_to_the_batch_buffer() {
     let mut enc = Encoder::new(&rfc5424(), "n");
     let mut out = Vec::new();
-    enc.encode(&record(host_container(), StreamName::Stdout, "one"), &mut out);
+    enc.encode(
+        &record(host_container(), StreamName::Stdout, "one"),
+        &mut out,
+    );
     let first = out.len();
-    enc.encode(&record(host_container(), StreamName::Stdout, "two"), &mut out);
+    enc.encode(
+        &record(host_container(), StreamName::Stdout, "two"),
+        &mut out,
+    );
     let text = String::from_utf8(out).expect("UTF-8");
     assert!(unframe(&text[..first]).ends_with("] one"));
     assert!(unframe(&text[first..]).ends_with("] two"));

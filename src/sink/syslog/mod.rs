@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
 
-pub use encode::SD_ID;
 use encode::Encoder;
+pub use encode::SD_ID;
 
 use super::{SendFailure, SinkContext};
 use crate::record::Record;
@@ -43,18 +43,37 @@ pub enum SyslogError {
     #[error(
         "syslog maxMessageBytes {limit} is outside {min}..={max} for {transport}; choose a size the receiver accepts"
     )]
-    MessageLimit { limit: u32, min: u32, max: u32, transport: &'static str },
+    MessageLimit {
+        limit: u32,
+        min: u32,
+        max: u32,
+        transport: &'static str,
+    },
     #[error("syslog {what} {value} is out of range (0..={max})")]
-    OutOfRange { what: &'static str, value: u8, max: u8 },
-    #[error("TLS credential `{key}` is missing from the route's credentials; check the referenced Secret and key")]
+    OutOfRange {
+        what: &'static str,
+        value: u8,
+        max: u8,
+    },
+    #[error(
+        "TLS credential `{key}` is missing from the route's credentials; check the referenced Secret and key"
+    )]
     Credential { key: String },
     #[error("{what} in credential `{key}` cannot be used: {detail}")]
-    Pem { what: &'static str, key: String, detail: String },
+    Pem {
+        what: &'static str,
+        key: String,
+        detail: String,
+    },
     #[error("mutual TLS needs both a client certificate and its key, but only one is set")]
     ClientCertWithoutKey,
-    #[error("no usable CA certificate in the system trust store ({detail}); set tls.caSecretRef to the receiver's CA")]
+    #[error(
+        "no usable CA certificate in the system trust store ({detail}); set tls.caSecretRef to the receiver's CA"
+    )]
     NoSystemRoots { detail: String },
-    #[error("`{name}` is not a valid TLS server name; set tls.serverName to a DNS name or IP address in the receiver's certificate")]
+    #[error(
+        "`{name}` is not a valid TLS server name; set tls.serverName to a DNS name or IP address in the receiver's certificate"
+    )]
     ServerName { name: String },
     #[error("TLS client configuration failed: {0}")]
     TlsConfig(rustls::Error),
@@ -67,7 +86,11 @@ pub enum SyslogError {
     #[error(
         "TLS handshake with syslog receiver {addr} (server name {server_name}) failed: {source}; check that tls.caSecretRef holds the CA that signed the receiver's certificate and that tls.serverName is a name in it"
     )]
-    Handshake { addr: String, server_name: String, source: io::Error },
+    Handshake {
+        addr: String,
+        server_name: String,
+        source: io::Error,
+    },
     #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
     Write { addr: String, source: io::Error },
 }
@@ -118,8 +141,17 @@ impl Metrics {
     }
 
     fn error(&self, e: &SyslogError) {
-        let labels = ["syslog", self.ctx.route.as_str(), self.ctx.sink.as_str(), e.reason()];
-        self.ctx.metrics.send_errors.with_label_values(&labels).inc();
+        let labels = [
+            "syslog",
+            self.ctx.route.as_str(),
+            self.ctx.sink.as_str(),
+            e.reason(),
+        ];
+        self.ctx
+            .metrics
+            .send_errors
+            .with_label_values(&labels)
+            .inc();
     }
 }
 
@@ -155,10 +187,18 @@ impl SyslogSink {
             });
         }
         if cfg.facility > 23 {
-            return Err(SyslogError::OutOfRange { what: "facility", value: cfg.facility, max: 23 });
+            return Err(SyslogError::OutOfRange {
+                what: "facility",
+                value: cfg.facility,
+                max: 23,
+            });
         }
         if let Some(severity) = cfg.severity.filter(|&s| s > 7) {
-            return Err(SyslogError::OutOfRange { what: "severity", value: severity, max: 7 });
+            return Err(SyslogError::OutOfRange {
+                what: "severity",
+                value: severity,
+                max: 7,
+            });
         }
         let protocol = match cfg.transport {
             SyslogTransport::Udp => Protocol::Udp,
@@ -174,7 +214,12 @@ impl SyslogSink {
             format!("{}:{}", cfg.host, cfg.port)
         };
         Ok(Self {
-            target: Target { host: cfg.host.clone(), port: cfg.port, protocol, display },
+            target: Target {
+                host: cfg.host.clone(),
+                port: cfg.port,
+                protocol,
+                display,
+            },
             encoder: Encoder::new(&cfg, &ctx.node),
             conn: None,
             connections: 0,
@@ -204,7 +249,10 @@ impl SyslogSink {
         }
         result.map_err(|(accepted, error)| {
             self.metrics.error(&error);
-            SendFailure { accepted, error: error.into() }
+            SendFailure {
+                accepted,
+                error: error.into(),
+            }
         })
     }
 
@@ -222,7 +270,10 @@ impl SyslogSink {
     async fn deliver(&mut self) -> Result<(), (usize, SyslogError)> {
         // Taken out for the write: if the caller drops this future half-way, the
         // connection (and its half-written frame) goes with it.
-        let open = self.conn.take().and_then(|mut conn| conn.peer_is_open().then_some(conn));
+        let open = self
+            .conn
+            .take()
+            .and_then(|mut conn| conn.peer_is_open().then_some(conn));
         let mut conn = match open {
             Some(conn) => conn,
             None => {
@@ -240,19 +291,26 @@ impl SyslogSink {
                 self.conn = Some(conn);
                 Ok(())
             }
-            Err((accepted, source)) => {
-                Err((accepted, SyslogError::Write { addr: self.target.display.clone(), source }))
-            }
+            Err((accepted, source)) => Err((
+                accepted,
+                SyslogError::Write {
+                    addr: self.target.display.clone(),
+                    source,
+                },
+            )),
         }
     }
 
     fn account(&self, accepted: &[Arc<Record>], started: Instant, whole_batch: bool) {
         let m = &self.metrics;
         m.sent.inc_by(accepted.len() as u64);
-        m.cut.inc_by(self.cut[..accepted.len()].iter().filter(|&&c| c).count() as u64);
+        m.cut
+            .inc_by(self.cut[..accepted.len()].iter().filter(|&&c| c).count() as u64);
         let now = chrono::Utc::now();
         for record in accepted {
-            let age = (now - record.timestamp.to_datetime()).to_std().unwrap_or_default();
+            let age = (now - record.timestamp.to_datetime())
+                .to_std()
+                .unwrap_or_default();
             m.end_to_end.observe(age.as_secs_f64());
         }
         if whole_batch {

@@ -27,10 +27,20 @@ pub struct TlsTarget {
 
 /// Build the TLS client for `settings`; `default_name` (the receiver's host) is checked
 /// against the certificate when `serverName` is empty.
-pub fn client(settings: &TlsSettings, creds: &Credentials, default_name: &str) -> Result<TlsTarget, SyslogError> {
-    let name = if settings.server_name.is_empty() { default_name } else { settings.server_name.as_str() };
-    let server_name = ServerName::try_from(name.to_string())
-        .map_err(|_| SyslogError::ServerName { name: name.to_string() })?;
+pub fn client(
+    settings: &TlsSettings,
+    creds: &Credentials,
+    default_name: &str,
+) -> Result<TlsTarget, SyslogError> {
+    let name = if settings.server_name.is_empty() {
+        default_name
+    } else {
+        settings.server_name.as_str()
+    };
+    let server_name =
+        ServerName::try_from(name.to_string()).map_err(|_| SyslogError::ServerName {
+            name: name.to_string(),
+        })?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -39,7 +49,9 @@ pub fn client(settings: &TlsSettings, creds: &Credentials, default_name: &str) -
     let builder = if settings.insecure_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider.signature_verification_algorithms)))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(
+                provider.signature_verification_algorithms,
+            )))
     } else {
         builder.with_root_certificates(roots(settings.ca.as_ref(), creds)?)
     };
@@ -48,11 +60,16 @@ pub fn client(settings: &TlsSettings, creds: &Credentials, default_name: &str) -
         (Some(cert), Some(key)) => {
             let chain = certificates(cert, creds, "client certificate")?;
             let key = private_key(key, creds)?;
-            builder.with_client_auth_cert(chain, key).map_err(SyslogError::TlsConfig)?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(SyslogError::TlsConfig)?
         }
         _ => return Err(SyslogError::ClientCertWithoutKey),
     };
-    Ok(TlsTarget { config: Arc::new(config), server_name })
+    Ok(TlsTarget {
+        config: Arc::new(config),
+        server_name,
+    })
 }
 
 fn roots(ca: Option<&CredentialRef>, creds: &Credentials) -> Result<RootCertStore, SyslogError> {
@@ -83,7 +100,10 @@ fn roots(ca: Option<&CredentialRef>, creds: &Credentials) -> Result<RootCertStor
 }
 
 fn credential<'a>(r: &CredentialRef, creds: &'a Credentials) -> Result<&'a [u8], SyslogError> {
-    creds.get(&r.key).map(Vec::as_slice).ok_or_else(|| SyslogError::Credential { key: r.key.clone() })
+    creds
+        .get(&r.key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| SyslogError::Credential { key: r.key.clone() })
 }
 
 fn certificates(
@@ -94,20 +114,39 @@ fn certificates(
     let pem = credential(r, creds)?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(pem))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SyslogError::Pem { what, key: r.key.clone(), detail: e.to_string() })?;
+        .map_err(|e| SyslogError::Pem {
+            what,
+            key: r.key.clone(),
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(SyslogError::Pem { what, key: r.key.clone(), detail: "no CERTIFICATE block found".into() });
+        return Err(SyslogError::Pem {
+            what,
+            key: r.key.clone(),
+            detail: "no CERTIFICATE block found".into(),
+        });
     }
     Ok(certs)
 }
 
-fn private_key(r: &CredentialRef, creds: &Credentials) -> Result<PrivateKeyDer<'static>, SyslogError> {
+fn private_key(
+    r: &CredentialRef,
+    creds: &Credentials,
+) -> Result<PrivateKeyDer<'static>, SyslogError> {
     let what = "client key";
     let pem = credential(r, creds)?;
     match rustls_pemfile::private_key(&mut BufReader::new(pem)) {
         Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(SyslogError::Pem { what, key: r.key.clone(), detail: "no PRIVATE KEY block found".into() }),
-        Err(e) => Err(SyslogError::Pem { what, key: r.key.clone(), detail: e.to_string() }),
+        Ok(None) => Err(SyslogError::Pem {
+            what,
+            key: r.key.clone(),
+            detail: "no PRIVATE KEY block found".into(),
+        }),
+        Err(e) => Err(SyslogError::Pem {
+            what,
+            key: r.key.clone(),
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -156,13 +195,18 @@ mod tests {
     use super::*;
 
     fn settings() -> TlsSettings {
-        TlsSettings { server_name: "syslog.example".into(), ..TlsSettings::default() }
+        TlsSettings {
+            server_name: "syslog.example".into(),
+            ..TlsSettings::default()
+        }
     }
 
     #[test]
     fn missing_credential_names_the_key() {
         let mut s = settings();
-        s.ca = Some(CredentialRef { key: "central-ca".into() });
+        s.ca = Some(CredentialRef {
+            key: "central-ca".into(),
+        });
         let err = client(&s, &Credentials::new(), "h").err().expect("error");
         assert!(matches!(err, SyslogError::Credential { .. }), "{err}");
         assert!(err.to_string().contains("central-ca"), "{err}");
@@ -181,7 +225,9 @@ mod tests {
     fn client_cert_needs_its_key() {
         let mut s = settings();
         s.insecure_skip_verify = true;
-        s.client_cert = Some(CredentialRef { key: "tls.crt".into() });
+        s.client_cert = Some(CredentialRef {
+            key: "tls.crt".into(),
+        });
         let err = client(&s, &Credentials::new(), "h").err().expect("error");
         assert!(matches!(err, SyslogError::ClientCertWithoutKey), "{err}");
     }
@@ -193,7 +239,9 @@ mod tests {
         s.server_name.clear();
         let target = client(&s, &Credentials::new(), "127.0.0.1").expect("valid");
         assert!(matches!(target.server_name, ServerName::IpAddress(_)));
-        let err = client(&s, &Credentials::new(), "bad name!").err().expect("error");
+        let err = client(&s, &Credentials::new(), "bad name!")
+            .err()
+            .expect("error");
         assert!(matches!(err, SyslogError::ServerName { .. }), "{err}");
     }
 }

@@ -16,11 +16,11 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-use super::tls::TlsTarget;
 use super::SyslogError;
+use super::tls::TlsTarget;
 
 /// Resolution, TCP connect and TLS handshake together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,13 +61,21 @@ impl Connection {
     pub async fn open(target: &Target) -> Result<Self, SyslogError> {
         tokio::time::timeout(CONNECT_TIMEOUT, Self::open_inner(target))
             .await
-            .unwrap_or_else(|_| Err(SyslogError::ConnectTimeout { addr: target.display.clone(), timeout: CONNECT_TIMEOUT }))
+            .unwrap_or_else(|_| {
+                Err(SyslogError::ConnectTimeout {
+                    addr: target.display.clone(),
+                    timeout: CONNECT_TIMEOUT,
+                })
+            })
     }
 
     async fn open_inner(target: &Target) -> Result<Self, SyslogError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
-            .map_err(|source| SyslogError::Resolve { addr: target.display.clone(), source })?
+            .map_err(|source| SyslogError::Resolve {
+                addr: target.display.clone(),
+                source,
+            })?
             .collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
         for addr in addrs {
@@ -84,7 +92,10 @@ impl Connection {
                 Err(e) => last = e,
             }
         }
-        Err(SyslogError::Connect { addr: target.display.clone(), source: last })
+        Err(SyslogError::Connect {
+            addr: target.display.clone(),
+            source: last,
+        })
     }
 
     /// False when a stream's receiver has closed or reset the connection. Looks at the
@@ -146,7 +157,11 @@ impl Connection {
     /// Write the frames in `buf`, where frame `i` ends at `ends[i]`. On failure, returns
     /// how many leading frames were completely handed to the kernel; a frame that was
     /// only partly written does not count.
-    pub async fn write_frames(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), (usize, io::Error)> {
+    pub async fn write_frames(
+        &mut self,
+        buf: &[u8],
+        ends: &[usize],
+    ) -> Result<(), (usize, io::Error)> {
         match self {
             Connection::Udp(socket) => {
                 let mut start = 0;
@@ -154,7 +169,10 @@ impl Connection {
                     match socket.send(&buf[start..end]).await {
                         Ok(n) if n == end - start => {}
                         Ok(n) => {
-                            let e = io::Error::other(format!("datagram truncated to {n} of {} bytes", end - start));
+                            let e = io::Error::other(format!(
+                                "datagram truncated to {n} of {} bytes",
+                                end - start
+                            ));
                             return Err((i, e));
                         }
                         Err(e) => return Err((i, e)),
@@ -171,14 +189,21 @@ impl Connection {
 
 /// Write all of `buf`, flushing after each write so that (for TLS) what counts as written
 /// has really left rustls's buffers for the socket.
-async fn write_stream<S>(stream: &mut S, buf: &[u8], ends: &[usize]) -> Result<(), (usize, io::Error)>
+async fn write_stream<S>(
+    stream: &mut S,
+    buf: &[u8],
+    ends: &[usize],
+) -> Result<(), (usize, io::Error)>
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
     let mut committed = 0;
     while committed < buf.len() {
         let written = match stream.write(&buf[committed..]).await {
-            Ok(0) => Err(io::Error::new(io::ErrorKind::WriteZero, "the connection accepts no more data")),
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the connection accepts no more data",
+            )),
             Ok(n) => Ok(n),
             Err(e) => Err(e),
         };
@@ -216,14 +241,22 @@ fn peek(stream: &TcpStream) -> Peek {
 }
 
 async fn udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(addr).await?;
     Ok(socket)
 }
 
 async fn tcp(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     {
         let sock = SockRef::from(&socket);
         let keepalive = TcpKeepalive::new()
@@ -239,7 +272,11 @@ async fn tcp(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn handshake(target: &Target, tls: &TlsTarget, stream: TcpStream) -> Result<Connection, SyslogError> {
+async fn handshake(
+    target: &Target,
+    tls: &TlsTarget,
+    stream: TcpStream,
+) -> Result<Connection, SyslogError> {
     let connector = TlsConnector::from(tls.config.clone());
     match connector.connect(tls.server_name.clone(), stream).await {
         Ok(stream) => Ok(Connection::Tls(Box::new(stream))),
