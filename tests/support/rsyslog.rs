@@ -117,6 +117,16 @@ impl Rsyslog {
         fs::read(self.path("stranger-ca.pem")).expect("stranger CA exists")
     }
 
+    /// The receiver's certificate (for `localhost` and `127.0.0.1`) and key, for tests
+    /// that stand up a TLS server of their own.
+    pub fn server_cert_pem(&self) -> Vec<u8> {
+        fs::read(self.path("server.pem")).expect("server certificate exists")
+    }
+
+    pub fn server_key_pem(&self) -> Vec<u8> {
+        fs::read(self.path("server.key")).expect("server key exists")
+    }
+
     pub fn client_cert_pem(&self) -> Vec<u8> {
         fs::read(self.path("client.pem")).expect("client certificate exists")
     }
