@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Field types of the modelled dynamic mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +123,9 @@ impl Drop for BulkServer {
 
 impl BulkServer {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State {
             fail_requests: VecDeque::new(),
@@ -143,7 +145,9 @@ impl BulkServer {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = shared.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
@@ -173,7 +177,11 @@ impl BulkServer {
     /// In the next `requests` requests that reach item processing, answer the items at
     /// positions `0, every, 2·every, ...` with `status` (e.g. 429) instead of storing them.
     pub fn fail_items(&self, status: u16, every: usize, requests: usize) {
-        self.lock().item_fault = Some(ItemFault { status, every: every.max(1), requests });
+        self.lock().item_fault = Some(ItemFault {
+            status,
+            every: every.max(1),
+            requests,
+        });
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -195,13 +203,18 @@ impl BulkServer {
         let mut s = self.lock();
         let idx = s.indices.entry(index.to_string()).or_default();
         for (dot, _) in path.match_indices('.') {
-            idx.mapping.insert(path[..dot].to_string(), FieldType::Object);
+            idx.mapping
+                .insert(path[..dot].to_string(), FieldType::Object);
         }
         idx.mapping.insert(path.to_string(), ty);
     }
 
     pub fn docs(&self) -> Vec<StoredDoc> {
-        self.lock().indices.values().flat_map(|i| i.docs.values().cloned()).collect()
+        self.lock()
+            .indices
+            .values()
+            .flat_map(|i| i.docs.values().cloned())
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<RequestLog> {
@@ -246,7 +259,10 @@ impl Drop for InFlight {
     }
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let at = Instant::now();
     let delay = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,19 +274,50 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(es_error(400, "parse_exception", "request body could not be read")),
+        Err(_) => {
+            return Ok(es_error(
+                400,
+                "parse_exception",
+                "request body could not be read",
+            ));
+        }
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let authorization = header("authorization");
     let gzip = header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let path = parts.uri.path().to_string();
-    let mut log = RequestLog { at, documents: 0, gzip, status: 0, authorization: authorization.clone() };
-    let response = respond(&state, &parts.method, &path, &header("content-type"), header("content-encoding"), authorization, body, &mut log);
+    let mut log = RequestLog {
+        at,
+        documents: 0,
+        gzip,
+        status: 0,
+        authorization: authorization.clone(),
+    };
+    let response = respond(
+        &state,
+        &parts.method,
+        &path,
+        &header("content-type"),
+        header("content-encoding"),
+        authorization,
+        body,
+        &mut log,
+    );
     log.status = response.status().as_u16();
-    state.lock().unwrap_or_else(|e| e.into_inner()).requests.push(log);
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .requests
+        .push(log);
     Ok(response)
 }
 
@@ -288,55 +335,110 @@ fn respond(
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(expected) = lock().authorization.clone() {
         if authorization.as_deref() != Some(expected.as_str()) {
-            let mut r = es_error(401, "security_exception", "missing authentication credentials for REST request [/_bulk]");
-            r.headers_mut()
-                .insert("www-authenticate", "Basic realm=\"security\" charset=\"UTF-8\"".parse().expect("header"));
+            let mut r = es_error(
+                401,
+                "security_exception",
+                "missing authentication credentials for REST request [/_bulk]",
+            );
+            r.headers_mut().insert(
+                "www-authenticate",
+                "Basic realm=\"security\" charset=\"UTF-8\""
+                    .parse()
+                    .expect("header"),
+            );
             return r;
         }
     }
     if method == hyper::Method::GET && path == "/" {
-        return json_response(200, &json!({"name": "bulk-test", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"}));
+        return json_response(
+            200,
+            &json!({"name": "bulk-test", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"}),
+        );
     }
     let default_index = match path.trim_end_matches('/').strip_suffix("/_bulk") {
         Some("") => None,
         Some(p) if !p[1..].contains('/') => Some(p[1..].to_string()),
-        _ => return es_error(400, "illegal_argument_exception", &format!("no handler found for uri [{path}] and method [{method}]")),
+        _ => {
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!("no handler found for uri [{path}] and method [{method}]"),
+            );
+        }
     };
     if method != hyper::Method::POST && method != hyper::Method::PUT {
-        return es_error(405, "illegal_argument_exception", &format!("Incorrect HTTP method for uri [{path}] and method [{method}], allowed: [POST, PUT]"));
+        return es_error(
+            405,
+            "illegal_argument_exception",
+            &format!(
+                "Incorrect HTTP method for uri [{path}] and method [{method}], allowed: [POST, PUT]"
+            ),
+        );
     }
     let ct = content_type.clone().unwrap_or_default();
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime != "application/json" && mime != "application/x-ndjson" {
-        return json_response(406, &json!({"error": format!("Content-Type header [{ct}] is not supported"), "status": 406}));
+        return json_response(
+            406,
+            &json!({"error": format!("Content-Type header [{ct}] is not supported"), "status": 406}),
+        );
     }
     let body = match content_encoding.as_deref() {
         None => body.to_vec(),
         Some(e) if e.eq_ignore_ascii_case("gzip") => {
             let mut out = Vec::new();
-            if flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).is_err() {
+            if flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .is_err()
+            {
                 return es_error(400, "illegal_argument_exception", "invalid gzip body");
             }
             out
         }
-        Some(other) => return es_error(400, "illegal_argument_exception", &format!("unsupported content encoding [{other}]")),
+        Some(other) => {
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!("unsupported content encoding [{other}]"),
+            );
+        }
     };
+    log.documents = body.iter().filter(|b| **b == b'\n').count() / 2;
     if body.len() > lock().max_content_length {
-        return Response::builder().status(413).body(Full::new(Bytes::new())).expect("valid response");
+        return Response::builder()
+            .status(413)
+            .body(Full::new(Bytes::new()))
+            .expect("valid response");
     }
     if body.is_empty() {
         return es_error(400, "parse_exception", "request body is required");
     }
     if body.last() != Some(&b'\n') {
-        return es_error(400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]");
+        return es_error(
+            400,
+            "illegal_argument_exception",
+            "The bulk request must be terminated by a newline [\\n]",
+        );
     }
     let lines: Vec<&[u8]> = body[..body.len() - 1].split(|b| *b == b'\n').collect();
-    log.documents = lines.len() / 2;
     let fault = lock().fail_requests.pop_front();
     if let Some(status) = fault.filter(|s| *s != 0) {
         return match status {
-            429 => es_error(429, "es_rejected_execution_exception", "rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0, all_bytes=0, coordinating_operation_bytes=1, max_coordinating_and_primary_bytes=0]"),
-            503 => es_error(503, "cluster_block_exception", "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered / initialized];"),
+            429 => es_error(
+                429,
+                "es_rejected_execution_exception",
+                "rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0, all_bytes=0, coordinating_operation_bytes=1, max_coordinating_and_primary_bytes=0]",
+            ),
+            503 => es_error(
+                503,
+                "cluster_block_exception",
+                "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered / initialized];",
+            ),
             s => es_error(s, "exception", "injected failure"),
         };
     }
@@ -346,35 +448,82 @@ fn respond(
     while i < lines.len() {
         let n = i + 1;
         let Ok(Value::Object(action)) = serde_json::from_slice::<Value>(lines[i]) else {
-            return es_error(400, "illegal_argument_exception", &format!("Malformed action/metadata line [{n}], expected START_OBJECT"));
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!("Malformed action/metadata line [{n}], expected START_OBJECT"),
+            );
         };
         if action.len() != 1 {
-            return es_error(400, "illegal_argument_exception", &format!("Malformed action/metadata line [{n}], expected a single action"));
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!("Malformed action/metadata line [{n}], expected a single action"),
+            );
         }
         let (op, meta) = action.into_iter().next().expect("one entry");
         if op != "index" && op != "create" {
-            return es_error(400, "illegal_argument_exception", &format!("Action/metadata line [{n}] contains an action [{op}] this test server does not implement"));
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!(
+                    "Action/metadata line [{n}] contains an action [{op}] this test server does not implement"
+                ),
+            );
         }
         let Value::Object(meta) = meta else {
-            return es_error(400, "illegal_argument_exception", &format!("Malformed action/metadata line [{n}], expected START_OBJECT"));
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                &format!("Malformed action/metadata line [{n}], expected START_OBJECT"),
+            );
         };
         for key in meta.keys() {
-            if !["_index", "_id", "routing", "pipeline", "require_alias", "dynamic_templates"].contains(&key.as_str()) {
-                return es_error(400, "illegal_argument_exception", &format!("Action/metadata line [{n}] contains an unknown parameter [{key}]"));
+            if ![
+                "_index",
+                "_id",
+                "routing",
+                "pipeline",
+                "require_alias",
+                "dynamic_templates",
+            ]
+            .contains(&key.as_str())
+            {
+                return es_error(
+                    400,
+                    "illegal_argument_exception",
+                    &format!("Action/metadata line [{n}] contains an unknown parameter [{key}]"),
+                );
             }
         }
         let index = match (meta.get("_index"), &default_index) {
             (Some(Value::String(s)), _) => s.clone(),
             (None, Some(d)) => d.clone(),
-            _ => return es_error(400, "action_request_validation_exception", "Validation Failed: 1: index is missing;"),
+            _ => {
+                return es_error(
+                    400,
+                    "action_request_validation_exception",
+                    "Validation Failed: 1: index is missing;",
+                );
+            }
         };
         let id = match meta.get("_id") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return es_error(400, "illegal_argument_exception", &format!("Malformed action/metadata line [{n}], _id must be a string")),
+            Some(_) => {
+                return es_error(
+                    400,
+                    "illegal_argument_exception",
+                    &format!("Malformed action/metadata line [{n}], _id must be a string"),
+                );
+            }
         };
         let Some(source) = lines.get(i + 1) else {
-            return es_error(400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]");
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                "The bulk request must be terminated by a newline [\\n]",
+            );
         };
         actions.push((op, index, id, *source));
         i += 2;
@@ -382,7 +531,10 @@ fn respond(
     let mut s = lock();
     let item_fault = match s.item_fault {
         Some(f) if f.requests > 0 => {
-            s.item_fault = Some(ItemFault { requests: f.requests - 1, ..f });
+            s.item_fault = Some(ItemFault {
+                requests: f.requests - 1,
+                ..f
+            });
             Some(f)
         }
         _ => None,
@@ -397,7 +549,10 @@ fn respond(
         entry.insert(op, item);
         items.push(Value::Object(entry));
     }
-    json_response(200, &json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}))
+    json_response(
+        200,
+        &json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),
+    )
 }
 
 fn item_error(index: &str, id: Option<&str>, status: u16, kind: &str, reason: String) -> Value {
@@ -408,9 +563,23 @@ fn item_error(index: &str, id: Option<&str>, status: u16, kind: &str, reason: St
 }
 
 #[allow(clippy::too_many_arguments)]
-fn apply(s: &mut State, pos: usize, op: &str, index: String, id: Option<String>, source: &[u8], fault: Option<ItemFault>) -> Value {
+fn apply(
+    s: &mut State,
+    pos: usize,
+    op: &str,
+    index: String,
+    id: Option<String>,
+    source: &[u8],
+    fault: Option<ItemFault>,
+) -> Value {
     if let Some(why) = invalid_index_name(&index) {
-        return item_error(&index, id.as_deref(), 400, "invalid_index_name_exception", format!("Invalid index name [{index}], {why}"));
+        return item_error(
+            &index,
+            id.as_deref(),
+            400,
+            "invalid_index_name_exception",
+            format!("Invalid index name [{index}], {why}"),
+        );
     }
     let id = id.unwrap_or_else(|| {
         s.next_auto_id += 1;
@@ -419,11 +588,23 @@ fn apply(s: &mut State, pos: usize, op: &str, index: String, id: Option<String>,
     *s.received.entry(id.clone()).or_default() += 1;
     if let Some(f) = fault {
         if pos % f.every == 0 {
-            return item_error(&index, Some(&id), f.status, "es_rejected_execution_exception", "rejected execution of primary operation [shard_detail=[logs][0]]".into());
+            return item_error(
+                &index,
+                Some(&id),
+                f.status,
+                "es_rejected_execution_exception",
+                "rejected execution of primary operation [shard_detail=[logs][0]]".into(),
+            );
         }
     }
     let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(source) else {
-        return item_error(&index, Some(&id), 400, "document_parsing_exception", "[1:1] failed to parse: not a JSON object".into());
+        return item_error(
+            &index,
+            Some(&id),
+            400,
+            "document_parsing_exception",
+            "[1:1] failed to parse: not a JSON object".into(),
+        );
     };
     let idx = s.indices.entry(index.clone()).or_default();
     let mut added = BTreeMap::new();
@@ -437,14 +618,29 @@ fn apply(s: &mut State, pos: usize, op: &str, index: String, id: Option<String>,
             Some(&id),
             409,
             "version_conflict_engine_exception",
-            format!("[{id}]: version conflict, document already exists (current version [{}])", existing.unwrap_or(1)),
+            format!(
+                "[{id}]: version conflict, document already exists (current version [{}])",
+                existing.unwrap_or(1)
+            ),
         );
     }
     idx.mapping.extend(added);
     let version = existing.map_or(1, |v| v + 1);
-    idx.docs.insert(id.clone(), StoredDoc { index: index.clone(), id: id.clone(), source: Value::Object(doc), version });
+    idx.docs.insert(
+        id.clone(),
+        StoredDoc {
+            index: index.clone(),
+            id: id.clone(),
+            source: Value::Object(doc),
+            version,
+        },
+    );
     s.seq_no += 1;
-    let (status, result) = if version == 1 { (201, "created") } else { (200, "updated") };
+    let (status, result) = if version == 1 {
+        (201, "created")
+    } else {
+        (200, "updated")
+    };
     json!({
         "_index": index, "_id": id, "_version": version, "result": result,
         "_shards": {"total": 2, "successful": 1, "failed": 0},
@@ -459,8 +655,15 @@ fn invalid_index_name(name: &str) -> Option<&'static str> {
     if name != name.to_lowercase() {
         return Some("must be lowercase");
     }
-    if name.chars().any(|c| matches!(c, '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#' | ':')) {
-        return Some("must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?, #, :]");
+    if name.chars().any(|c| {
+        matches!(
+            c,
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#' | ':'
+        )
+    }) {
+        return Some(
+            "must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?, #, :]",
+        );
     }
     if name.starts_with(['-', '_', '+']) {
         return Some("must not start with '_', '-', or '+'");
@@ -483,7 +686,11 @@ fn check_object(
     id: &str,
 ) -> Result<(), String> {
     for (key, value) in obj {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         check_value(mapping, added, &path, value, id)?;
     }
     Ok(())
@@ -506,7 +713,9 @@ fn check_value(
     };
     match value {
         Value::Null => Ok(()),
-        Value::Array(items) => items.iter().try_for_each(|v| check_value(mapping, added, path, v, id)),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| check_value(mapping, added, path, v, id)),
         Value::Object(inner) => match known {
             None | Some(FieldType::Object) => {
                 added.entry(path.to_string()).or_insert(FieldType::Object);
@@ -552,5 +761,6 @@ fn dynamic_type(v: &Value) -> FieldType {
 
 /// `strict_date_optional_time`, approximately.
 fn is_date(s: &str) -> bool {
-    chrono::DateTime::parse_from_rfc3339(s).is_ok() || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+    chrono::DateTime::parse_from_rfc3339(s).is_ok()
+        || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
 }

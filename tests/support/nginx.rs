@@ -13,7 +13,10 @@ use super::env;
 /// How the proxy authenticates clients.
 #[derive(Clone, Debug)]
 pub enum ProxyAuth {
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     ApiKey(String),
     /// Require a client certificate signed by the harness CA ([`Pki::client_cert`]).
     ClientCert,
@@ -31,8 +34,15 @@ pub struct Pki {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Vec<u8> {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -59,24 +69,75 @@ impl Pki {
             c
         };
         run(
-            ossl().args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=logroute test CA",
-                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            ]),
+            ossl()
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                ])
+                .args([
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=logroute test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ]),
             "openssl: making the test CA",
         );
         let leaf = |name: &str, cn: &str, ext: &str| {
             std::fs::write(p(&format!("{name}.ext")), ext).expect("write extension file");
             run(
-                ossl().args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
-                    "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
-                ]),
+                ossl()
+                    .args([
+                        "req",
+                        "-newkey",
+                        "ec",
+                        "-pkeyopt",
+                        "ec_paramgen_curve:P-256",
+                        "-nodes",
+                    ])
+                    .args([
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                        "-subj",
+                        &format!("/CN={cn}"),
+                    ]),
                 "openssl: making a key and CSR",
             );
             run(
-                ossl().args(["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key"]).args([
-                    "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", &format!("{name}.ext"),
-                ]),
+                ossl()
+                    .args([
+                        "x509",
+                        "-req",
+                        "-in",
+                        &format!("{name}.csr"),
+                        "-CA",
+                        "ca.pem",
+                        "-CAkey",
+                        "ca.key",
+                    ])
+                    .args([
+                        "-CAcreateserial",
+                        "-out",
+                        &format!("{name}.pem"),
+                        "-days",
+                        "2",
+                        "-extfile",
+                        &format!("{name}.ext"),
+                    ]),
                 "openssl: signing a certificate",
             );
         };
@@ -126,18 +187,23 @@ impl Nginx {
         let access = match &auth {
             ProxyAuth::Basic { user, password } => {
                 let hash = run(
-                    Command::new(which("openssl", &[]).expect("openssl was found above")).args(["passwd", "-apr1", password]),
+                    Command::new(which("openssl", &[]).expect("openssl was found above"))
+                        .args(["passwd", "-apr1", password]),
                     "openssl passwd -apr1",
                 );
                 let line = format!("{user}:{}\n", String::from_utf8_lossy(&hash).trim());
                 std::fs::write(dir.path().join("htpasswd"), line).expect("write htpasswd");
                 format!("auth_basic \"security\";\n auth_basic_user_file {d}/htpasswd;")
             }
-            ProxyAuth::ApiKey(key) => format!("if ($http_authorization != \"ApiKey {key}\") {{ return 401; }}"),
+            ProxyAuth::ApiKey(key) => {
+                format!("if ($http_authorization != \"ApiKey {key}\") {{ return 401; }}")
+            }
             ProxyAuth::ClientCert => String::new(),
         };
         let client_cert = match auth {
-            ProxyAuth::ClientCert => format!("ssl_verify_client on;\n ssl_client_certificate {d}/ca.pem;"),
+            ProxyAuth::ClientCert => {
+                format!("ssl_verify_client on;\n ssl_client_certificate {d}/ca.pem;")
+            }
             _ => String::new(),
         };
         let mut last_error = String::new();
@@ -188,7 +254,16 @@ http {{
             );
             std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
             let mut child = Command::new(&nginx)
-                .args(["-p", &d, "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log"), "-g", "daemon off;"])
+                .args([
+                    "-p",
+                    &d,
+                    "-c",
+                    &format!("{d}/nginx.conf"),
+                    "-e",
+                    &format!("{d}/error.log"),
+                    "-g",
+                    "daemon off;",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -204,8 +279,16 @@ http {{
                     last_error = format!("nginx exited with {status}: {stderr}");
                     break;
                 }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                    return Some(Self { url: format!("https://127.0.0.1:{port}"), pki, child, dir });
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Some(Self {
+                        url: format!("https://127.0.0.1:{port}"),
+                        pki,
+                        child,
+                        dir,
+                    });
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -230,7 +313,9 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master (by its pid) stops its workers too; SIGKILL would orphan them.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

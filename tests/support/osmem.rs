@@ -29,7 +29,10 @@ pub struct Osmem {
 /// The osmem-server binary, or `None` (after [`env::missing`]) when it is not installed.
 pub fn binary() -> Option<String> {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import osmem_server;print(osmem_server.resolve_binary())"])
+        .args([
+            "-c",
+            "import osmem_server;print(osmem_server.resolve_binary())",
+        ])
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -37,7 +40,10 @@ pub fn binary() -> Option<String> {
             if std::path::Path::new(&path).exists() {
                 return Some(path);
             }
-            env::missing("osmem-server", &format!("resolve_binary() named {path:?}, which does not exist; {INSTALL}"));
+            env::missing(
+                "osmem-server",
+                &format!("resolve_binary() named {path:?}, which does not exist; {INSTALL}"),
+            );
             None
         }
         _ => {
@@ -52,7 +58,13 @@ impl Osmem {
     pub async fn start() -> Option<Self> {
         let bin = binary()?;
         let mut child = tokio::process::Command::new(&bin)
-            .args(["-addr", "127.0.0.1:0", "-no-stdin-watch", "-no-ja", "-parent-pid"])
+            .args([
+                "-addr",
+                "127.0.0.1:0",
+                "-no-stdin-watch",
+                "-no-ja",
+                "-parent-pid",
+            ])
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -77,7 +89,11 @@ impl Osmem {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let server = Self { url, _child: child };
         let (status, _) = http("GET", &server.url, None).await;
-        assert_eq!(status, 200, "osmem-server at {} does not answer GET /", server.url);
+        assert_eq!(
+            status, 200,
+            "osmem-server at {} does not answer GET /",
+            server.url
+        );
         Some(server)
     }
 
@@ -102,15 +118,25 @@ impl Osmem {
     pub async fn count(&self, index: &str) -> u64 {
         let (status, body) = http("GET", &format!("{}/{index}/_count", self.url), None).await;
         assert_eq!(status, 200, "_count on {index} failed: {body}");
-        body["count"].as_u64().unwrap_or_else(|| panic!("_count answer without count: {body}"))
+        body["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("_count answer without count: {body}"))
     }
 
     /// Every hit (`_index`, `_id`, `_source`) of an index pattern, up to 10 000.
     pub async fn search_all(&self, index: &str) -> Vec<Value> {
         let query = serde_json::json!({"size": 10000, "query": {"match_all": {}}});
-        let (status, body) = http("POST", &format!("{}/{index}/_search", self.url), Some(query)).await;
+        let (status, body) = http(
+            "POST",
+            &format!("{}/{index}/_search", self.url),
+            Some(query),
+        )
+        .await;
         assert_eq!(status, 200, "_search on {index} failed: {body}");
-        body["hits"]["hits"].as_array().cloned().unwrap_or_else(|| panic!("_search answer without hits: {body}"))
+        body["hits"]["hits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("_search answer without hits: {body}"))
     }
 }
 
@@ -123,13 +149,23 @@ pub async fn http(method: &str, url: &str, body: Option<Value>) -> (u16, Value) 
         req = req.header("content-type", "application/json");
     }
     let req = req
-        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
         .expect("valid request");
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .unwrap_or_else(|_| panic!("{method} {url}: no answer within 30 s"))
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }

@@ -47,8 +47,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use chrono::format::Item;
-use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::record::{Record, Timestamp};
@@ -126,7 +126,11 @@ impl IndexTemplate {
     pub fn render(&self, record: &Record) -> String {
         let mut out = String::new();
         let c = &record.container;
-        let date = Timestamp { secs: record.timestamp.secs, nanos: 0 }.to_datetime();
+        let date = Timestamp {
+            secs: record.timestamp.secs,
+            nanos: 0,
+        }
+        .to_datetime();
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
@@ -137,7 +141,9 @@ impl IndexTemplate {
                 Part::Field(Field::Namespace) => {
                     out.push_str(c.pod.as_ref().map_or(NO_POD, |p| p.namespace.as_str()))
                 }
-                Part::Field(Field::Pod) => out.push_str(c.pod.as_ref().map_or(NO_POD, |p| p.name.as_str())),
+                Part::Field(Field::Pod) => {
+                    out.push_str(c.pod.as_ref().map_or(NO_POD, |p| p.name.as_str()))
+                }
                 Part::Field(Field::Container) => out.push_str(c.display_name()),
                 Part::Field(Field::Node) => out.push_str(&c.node),
             }
@@ -231,7 +237,10 @@ impl Encoder {
     }
 
     pub fn encode(&self, records: &[Arc<Record>]) -> EncodedBatch {
-        let mut out = EncodedBatch { buf: Vec::with_capacity(records.len() * 512), spans: Vec::new() };
+        let mut out = EncodedBatch {
+            buf: Vec::with_capacity(records.len() * 512),
+            spans: Vec::new(),
+        };
         let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
         // Consecutive records of one container within one second share their index name.
         let mut last: Option<(*const crate::record::ContainerInfo, i64, String)> = None;
@@ -247,9 +256,23 @@ impl Encoder {
                 }
             };
             let id = document_id(record, &mut seen);
-            write_json(&mut out.buf, &ActionLine { create: ActionMeta { index: &index, id: &id } });
+            write_json(
+                &mut out.buf,
+                &ActionLine {
+                    create: ActionMeta {
+                        index: &index,
+                        id: &id,
+                    },
+                },
+            );
             out.buf.push(b'\n');
-            write_json(&mut out.buf, &EcsDocument { record, node: &self.node });
+            write_json(
+                &mut out.buf,
+                &EcsDocument {
+                    record,
+                    node: &self.node,
+                },
+            );
             out.buf.push(b'\n');
             out.spans.push(start..out.buf.len());
         }
@@ -347,11 +370,21 @@ impl Serialize for EcsDocument<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.record;
         let c = &*r.container;
-        let node = if c.node.is_empty() { self.node } else { c.node.as_str() };
+        let node = if c.node.is_empty() {
+            self.node
+        } else {
+            c.node.as_str()
+        };
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("@timestamp", &Rfc3339Nanos(r.timestamp))?;
         m.serialize_entry("message", &r.message)?;
-        m.serialize_entry("log", &Log { iostream: r.stream.as_str(), truncated: r.truncated })?;
+        m.serialize_entry(
+            "log",
+            &Log {
+                iostream: r.stream.as_str(),
+                truncated: r.truncated,
+            },
+        )?;
         m.serialize_entry("container", &Container { c })?;
         m.serialize_entry("host", &Name(node))?;
         if let Some(pod) = &c.pod {
@@ -407,7 +440,13 @@ impl Serialize for Kubernetes<'_> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("namespace", &p.namespace)?;
         m.serialize_entry("node", &Name(self.node))?;
-        m.serialize_entry("pod", &Pod { name: &p.name, uid: &p.uid })?;
+        m.serialize_entry(
+            "pod",
+            &Pod {
+                name: &p.name,
+                uid: &p.uid,
+            },
+        )?;
         m.serialize_entry("container", &Name(&p.container_name))?;
         if !p.labels.is_empty() {
             m.serialize_entry("labels", &Dedotted(&p.labels))?;
@@ -431,7 +470,7 @@ struct Pod<'a> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::api::StreamName;
@@ -481,9 +520,17 @@ mod tests {
 
     #[test]
     fn pod_record_becomes_an_ecs_document() {
-        let enc = Encoder::new(IndexTemplate::parse("logs-{namespace}-%Y.%m.%d").unwrap(), "fallback".into());
+        let enc = Encoder::new(
+            IndexTemplate::parse("logs-{namespace}-%Y.%m.%d").unwrap(),
+            "fallback".into(),
+        );
         // 2024-02-29T23:59:59.000000123Z
-        let batch = enc.encode(&[record(&pod_container(), 1_709_251_199, 123, "boom \"quoted\"")]);
+        let batch = enc.encode(&[record(
+            &pod_container(),
+            1_709_251_199,
+            123,
+            "boom \"quoted\"",
+        )]);
         assert!(batch.buf.ends_with(b"\n"));
         let l = lines(&batch);
         assert_eq!(l.len(), 2);
@@ -527,11 +574,17 @@ mod tests {
         });
         let mut r = (*record(&c, 0, 0, "x")).clone();
         r.truncated = true;
-        let enc = Encoder::new(IndexTemplate::parse("logs-{namespace}-{container}-{node}").unwrap(), "host-1".into());
+        let enc = Encoder::new(
+            IndexTemplate::parse("logs-{namespace}-{container}-{node}").unwrap(),
+            "host-1".into(),
+        );
         let l = lines(&enc.encode(&[Arc::new(r)]));
         assert_eq!(l[0]["create"]["_index"], "logs-none-my_db-");
         assert_eq!(l[1]["host"]["name"], "host-1");
-        assert_eq!(l[1]["container"]["labels"], json!({"com_example_tier": "db"}));
+        assert_eq!(
+            l[1]["container"]["labels"],
+            json!({"com_example_tier": "db"})
+        );
         assert_eq!(l[1]["log"]["flags"], json!(["truncated"]));
         assert_eq!(l[1]["@timestamp"], "1970-01-01T00:00:00.000000000Z");
         assert!(l[1].get("kubernetes").is_none());
@@ -541,12 +594,24 @@ mod tests {
     fn ids_are_stable_and_distinct_for_repeated_lines() {
         let c = pod_container();
         let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "n".into());
-        let batch = [record(&c, 5, 1, "same"), record(&c, 5, 1, "same"), record(&c, 5, 2, "same")];
+        let batch = [
+            record(&c, 5, 1, "same"),
+            record(&c, 5, 1, "same"),
+            record(&c, 5, 2, "same"),
+        ];
         let ids = |b: &EncodedBatch| -> Vec<String> {
-            lines(b).iter().step_by(2).map(|a| a["create"]["_id"].as_str().unwrap().to_string()).collect()
+            lines(b)
+                .iter()
+                .step_by(2)
+                .map(|a| a["create"]["_id"].as_str().unwrap().to_string())
+                .collect()
         };
         let first = ids(&enc.encode(&batch));
-        assert_eq!(first, ids(&enc.encode(&batch)), "a resend must carry the same ids");
+        assert_eq!(
+            first,
+            ids(&enc.encode(&batch)),
+            "a resend must carry the same ids"
+        );
         assert_ne!(first[0], first[1]);
         assert_ne!(first[0], first[2]);
         assert_ne!(first[1], first[2]);
@@ -558,12 +623,18 @@ mod tests {
     fn body_for_picks_whole_records() {
         let c = pod_container();
         let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "n".into());
-        let batch = enc.encode(&[record(&c, 1, 0, "a"), record(&c, 2, 0, "b"), record(&c, 3, 0, "c")]);
+        let batch = enc.encode(&[
+            record(&c, 1, 0, "a"),
+            record(&c, 2, 0, "b"),
+            record(&c, 3, 0, "c"),
+        ]);
         let body = batch.body_for(&[2, 0]);
         let text = String::from_utf8(body).unwrap();
         let messages: Vec<&str> = text.lines().filter(|l| l.contains("message")).collect();
         assert_eq!(messages.len(), 2);
-        assert!(messages[0].contains("\"message\":\"c\"") && messages[1].contains("\"message\":\"a\""));
+        assert!(
+            messages[0].contains("\"message\":\"c\"") && messages[1].contains("\"message\":\"a\"")
+        );
         assert!(text.ends_with('\n'));
     }
 
@@ -573,8 +644,14 @@ mod tests {
             IndexTemplate::parse("logs-{pods}").unwrap_err(),
             TemplateError::UnknownPlaceholder("pods".into())
         );
-        assert_eq!(IndexTemplate::parse("logs-{pod").unwrap_err(), TemplateError::Unclosed);
-        assert!(matches!(IndexTemplate::parse("logs-%Q"), Err(TemplateError::BadDatePattern(_))));
+        assert_eq!(
+            IndexTemplate::parse("logs-{pod").unwrap_err(),
+            TemplateError::Unclosed
+        );
+        assert!(matches!(
+            IndexTemplate::parse("logs-%Q"),
+            Err(TemplateError::BadDatePattern(_))
+        ));
         assert!(IndexTemplate::parse("logroute").unwrap().is_constant());
         assert!(!IndexTemplate::parse("logroute-%Y").unwrap().is_constant());
     }
@@ -583,7 +660,10 @@ mod tests {
     fn pod_and_node_placeholders_and_utc_dates() {
         let t = IndexTemplate::parse("{node}.{pod}.%Y-%j").unwrap();
         // 2023-12-31T23:30:00Z: still 2023 in UTC whatever the local zone.
-        assert_eq!(t.render(&record(&pod_container(), 1_704_065_400, 0, "")), "node-a.web-7d4b9c-x2x.2023-365");
+        assert_eq!(
+            t.render(&record(&pod_container(), 1_704_065_400, 0, "")),
+            "node-a.web-7d4b9c-x2x.2023-365"
+        );
     }
 
     #[test]

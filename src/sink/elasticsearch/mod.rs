@@ -25,7 +25,7 @@ use futures::StreamExt as _;
 use prometheus::{Histogram, IntCounter};
 use tokio_util::sync::CancellationToken;
 
-pub use deliver::{plan_requests, RetryPolicy};
+pub use deliver::{RetryPolicy, plan_requests};
 use encode::{Encoder, IndexTemplate, TemplateError};
 use transport::Transport;
 
@@ -41,7 +41,10 @@ pub enum ElasticsearchError {
     #[error("invalid Elasticsearch endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("invalid Elasticsearch index template {template:?}: {source}")]
-    InvalidIndexTemplate { template: String, source: TemplateError },
+    InvalidIndexTemplate {
+        template: String,
+        source: TemplateError,
+    },
     #[error(
         "credential {key:?} is missing from the route's compiled credentials Secret; check that the Secret the LogRoute refers to exists and has the expected keys"
     )]
@@ -63,9 +66,19 @@ pub enum ElasticsearchError {
     #[error(
         "{endpoint} refused the bulk request with HTTP {status} {error_type}; check that the endpoint is an Elasticsearch or OpenSearch base URL (and what any proxy in between does); the batch will be resent"
     )]
-    Refused { endpoint: String, status: u16, error_type: String },
-    #[error("Elasticsearch stayed unavailable through {attempts} attempts (last at {endpoint}: {last}); the batch will be resent")]
-    Unavailable { endpoint: String, attempts: u32, last: String },
+    Refused {
+        endpoint: String,
+        status: u16,
+        error_type: String,
+    },
+    #[error(
+        "Elasticsearch stayed unavailable through {attempts} attempts (last at {endpoint}: {last}); the batch will be resent"
+    )]
+    Unavailable {
+        endpoint: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("the agent is shutting down; the rest of the batch was not delivered")]
     ShuttingDown,
 }
@@ -115,7 +128,9 @@ impl SinkMetrics {
             duplicate: doc("duplicate"),
             rejected: doc("rejected"),
             retried: doc("retried"),
-            dropped_rejected: m.records_dropped.with_label_values(&[route, sink, "rejected"]),
+            dropped_rejected: m
+                .records_dropped
+                .with_label_values(&[route, sink, "rejected"]),
             records_sent: m.records_sent.with_label_values(&[KIND, route, sink]),
             send_retries: m.send_retries.with_label_values(&[KIND, route, sink]),
             bulk_duration: m.es_bulk_duration.with_label_values(&[route, sink]),
@@ -126,7 +141,10 @@ impl SinkMetrics {
     }
 }
 
-pub struct ElasticsearchSink {
+/// The sink; its state lives on the heap so that [`super::SinkClient`] stays small.
+pub struct ElasticsearchSink(Box<Inner>);
+
+struct Inner {
     ctx: SinkContext,
     metrics: SinkMetrics,
     encoder: Encoder,
@@ -141,11 +159,38 @@ pub struct ElasticsearchSink {
 impl ElasticsearchSink {
     /// Validate the configuration and load credentials and TLS material; no network I/O.
     pub fn new(cfg: ElasticsearchConfig, ctx: SinkContext) -> Result<Self, ElasticsearchError> {
+        Inner::new(cfg, ctx).map(|inner| Self(Box::new(inner)))
+    }
+
+    /// Cancelling `token` interrupts a send (in-flight requests and backoff waits): it
+    /// returns a [`SendFailure`] with [`ElasticsearchError::ShuttingDown`] at once.
+    pub fn set_shutdown(&mut self, token: CancellationToken) {
+        self.0.shutdown = token;
+    }
+
+    /// Override the retry schedule (tests use a fast one).
+    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
+        self.0.policy = policy;
+    }
+
+    /// Deliver a batch; see the module documentation. `Ok` means every record is in the
+    /// index (created, or found there already) or was permanently rejected and counted.
+    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+        self.0.send(batch).await
+    }
+}
+
+impl Inner {
+    fn new(cfg: ElasticsearchConfig, ctx: SinkContext) -> Result<Self, ElasticsearchError> {
         let template = match &cfg.target {
             IndexTarget::Index(t) | IndexTarget::DataStream(t) => t,
         };
-        let parsed = IndexTemplate::parse(template)
-            .map_err(|source| ElasticsearchError::InvalidIndexTemplate { template: template.clone(), source })?;
+        let parsed = IndexTemplate::parse(template).map_err(|source| {
+            ElasticsearchError::InvalidIndexTemplate {
+                template: template.clone(),
+                source,
+            }
+        })?;
         let transport = Transport::new(&cfg, &ctx.credentials)?;
         Ok(Self {
             metrics: SinkMetrics::new(&ctx),
@@ -160,20 +205,7 @@ impl ElasticsearchSink {
         })
     }
 
-    /// Cancelling `token` interrupts a send (in-flight requests and backoff waits): it
-    /// returns a [`SendFailure`] with [`ElasticsearchError::ShuttingDown`] at once.
-    pub fn set_shutdown(&mut self, token: CancellationToken) {
-        self.shutdown = token;
-    }
-
-    /// Override the retry schedule (tests use a fast one).
-    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
-        self.policy = policy;
-    }
-
-    /// Deliver a batch; see the module documentation. `Ok` means every record is in the
-    /// index (created, or found there already) or was permanently rejected and counted.
-    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+    async fn send(&self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -183,13 +215,13 @@ impl ElasticsearchSink {
         let mut done = vec![false; batch.len()];
         let mut failure = None;
         {
-            let this = &*self;
-            let mut running =
-                futures::stream::iter(requests).map(|r| this.deliver(&encoded, batch, r)).buffer_unordered(this.concurrency);
+            let mut running = futures::stream::iter(requests)
+                .map(|r| self.deliver(&encoded, batch, r))
+                .buffer_unordered(self.concurrency);
             loop {
                 tokio::select! {
                     biased;
-                    () = this.shutdown.cancelled() => {
+                    () = self.shutdown.cancelled() => {
                         failure = Some(ElasticsearchError::ShuttingDown);
                         break;
                     }
@@ -206,10 +238,16 @@ impl ElasticsearchSink {
                 }
             }
         }
-        self.metrics.send_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .send_latency
+            .observe(started.elapsed().as_secs_f64());
         let Some(error) = failure else { return Ok(()) };
         let accepted = done.iter().take_while(|d| **d).count();
-        self.ctx.metrics.send_errors.with_label_values(&[KIND, &self.ctx.route, &self.ctx.sink, error.reason()]).inc();
+        self.ctx
+            .metrics
+            .send_errors
+            .with_label_values(&[KIND, &self.ctx.route, &self.ctx.sink, error.reason()])
+            .inc();
         tracing::error!(
             route = %self.ctx.route,
             sink = %self.ctx.sink,
@@ -218,7 +256,9 @@ impl ElasticsearchSink {
             batch = batch.len(),
             "{error}"
         );
-        Err(SendFailure { accepted, error: error.into() })
+        Err(SendFailure {
+            accepted,
+            error: error.into(),
+        })
     }
-
 }

@@ -45,7 +45,9 @@ pub enum Verdict {
     /// One outcome per document, in request order.
     Items(Vec<ItemOutcome>),
     /// Send the same documents again after a backoff; bounded label for metrics.
-    RetryAll { reason: &'static str },
+    RetryAll {
+        reason: &'static str,
+    },
     /// 413: send the documents in smaller requests.
     Split,
     Stop(Stop),
@@ -59,7 +61,9 @@ pub enum ItemOutcome {
     /// 409 on `create`: an earlier attempt already wrote it.
     Duplicate,
     /// Send this document again after a backoff.
-    Retry { status: u16 },
+    Retry {
+        status: u16,
+    },
     Rejected(Rejection),
     Stop(Stop),
 }
@@ -139,38 +143,56 @@ pub fn classify(status: u16, body: &[u8], sent: usize) -> Verdict {
         200..=299 => classify_items(body, sent),
         413 => Verdict::Split,
         401 => Verdict::Stop(Stop::Auth { status }),
-        403 if error_type(body) == "cluster_block_exception" => {
-            Verdict::Stop(Stop::IndexBlocked { index: String::new() })
-        }
+        403 if error_type(body) == "cluster_block_exception" => Verdict::Stop(Stop::IndexBlocked {
+            index: String::new(),
+        }),
         403 => Verdict::Stop(Stop::Auth { status }),
         408 => Verdict::RetryAll { reason: "http_408" },
         429 => Verdict::RetryAll { reason: "http_429" },
-        501 | 505 => Verdict::Stop(Stop::Refused { status, error_type: error_type(body) }),
-        500 => Verdict::RetryAll { reason: "http_500" },
-        502 => Verdict::RetryAll { reason: "http_502" },
-        503 => Verdict::RetryAll { reason: "http_503" },
-        504 => Verdict::RetryAll { reason: "http_504" },
-        500..=599 => Verdict::RetryAll { reason: "http_5xx" },
-        _ => Verdict::Stop(Stop::Refused { status, error_type: error_type(body) }),
+        501 | 505 => Verdict::Stop(Stop::Refused {
+            status,
+            error_type: error_type(body),
+        }),
+        500..=599 => Verdict::RetryAll {
+            reason: match status {
+                500 => "http_500",
+                502 => "http_502",
+                503 => "http_503",
+                504 => "http_504",
+                _ => "http_5xx",
+            },
+        },
+        _ => Verdict::Stop(Stop::Refused {
+            status,
+            error_type: error_type(body),
+        }),
     }
 }
 
 fn error_type(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorResponse>(body).map(|e| e.error.kind().to_string()).unwrap_or_default()
+    serde_json::from_slice::<ErrorResponse>(body)
+        .map(|e| e.error.kind().to_string())
+        .unwrap_or_default()
 }
 
 fn classify_items(body: &[u8], sent: usize) -> Verdict {
     let Ok(parsed) = serde_json::from_slice::<BulkResponse>(body) else {
-        return Verdict::RetryAll { reason: "invalid_response" };
+        return Verdict::RetryAll {
+            reason: "invalid_response",
+        };
     };
     if parsed.items.len() != sent {
-        return Verdict::RetryAll { reason: "invalid_response" };
+        return Verdict::RetryAll {
+            reason: "invalid_response",
+        };
     }
     let mut outcomes = Vec::with_capacity(sent);
     for entry in parsed.items {
         // Each item is `{"<op>": {...}}` with exactly one key.
         let Some((op, item)) = entry.into_iter().next() else {
-            return Verdict::RetryAll { reason: "invalid_response" };
+            return Verdict::RetryAll {
+                reason: "invalid_response",
+            };
         };
         outcomes.push(classify_item(&op, item));
     }
@@ -185,9 +207,15 @@ fn classify_item(op: &str, item: BulkItem) -> ItemOutcome {
         200..=299 if item.result.as_deref() == Some("created") => ItemOutcome::Created,
         200..=299 => ItemOutcome::Indexed,
         409 if op == "create" => ItemOutcome::Duplicate,
-        408 | 429 | 500..=599 => ItemOutcome::Retry { status: item.status },
-        403 if error.kind() == "cluster_block_exception" => ItemOutcome::Stop(Stop::IndexBlocked { index }),
-        401 | 403 => ItemOutcome::Stop(Stop::Auth { status: item.status }),
+        408 | 429 | 500..=599 => ItemOutcome::Retry {
+            status: item.status,
+        },
+        403 if error.kind() == "cluster_block_exception" => {
+            ItemOutcome::Stop(Stop::IndexBlocked { index })
+        }
+        401 | 403 => ItemOutcome::Stop(Stop::Auth {
+            status: item.status,
+        }),
         status => ItemOutcome::Rejected(Rejection {
             status,
             reason: rejection_reason(error.kind()),
@@ -248,7 +276,10 @@ mod tests {
         let body = br#"{"took":3,"errors":false,"items":[
             {"create":{"_index":"logs","_id":"a","_version":1,"result":"created","status":201}},
             {"create":{"_index":"logs","_id":"b","_version":1,"result":"created","status":201}}]}"#;
-        assert_eq!(items(classify(200, body, 2)), vec![ItemOutcome::Created, ItemOutcome::Created]);
+        assert_eq!(
+            items(classify(200, body, 2)),
+            vec![ItemOutcome::Created, ItemOutcome::Created]
+        );
     }
 
     #[test]
@@ -275,11 +306,16 @@ mod tests {
     fn mapping_error_is_rejected_with_a_log_safe_reason() {
         let body = br#"{"errors":true,"items":[{"create":{"_index":"logs-a","_id":"x","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [@timestamp] of type [date] in document with id 'x'. Preview of field's value: 'secret-value'","caused_by":{"type":"illegal_argument_exception","reason":"bad date"}}}}]}"#;
         let out = items(classify(200, body, 1));
-        let ItemOutcome::Rejected(r) = &out[0] else { panic!("expected a rejection, got {out:?}") };
+        let ItemOutcome::Rejected(r) = &out[0] else {
+            panic!("expected a rejection, got {out:?}")
+        };
         assert_eq!(r.status, 400);
         assert_eq!(r.reason, "mapper_parsing_exception");
         assert_eq!(r.index, "logs-a");
-        assert_eq!(r.detail, "failed to parse field [@timestamp] of type [date] in document with id 'x'");
+        assert_eq!(
+            r.detail,
+            "failed to parse field [@timestamp] of type [date] in document with id 'x'"
+        );
         assert!(!r.detail.contains("secret-value"));
     }
 
@@ -287,7 +323,9 @@ mod tests {
     fn unknown_item_errors_get_a_bounded_label() {
         let body = br#"{"errors":true,"items":[{"create":{"_index":"Bad","status":400,"error":{"type":"some_new_exception","reason":"x"}}}]}"#;
         let out = items(classify(200, body, 1));
-        assert!(matches!(&out[0], ItemOutcome::Rejected(r) if r.reason == "rejected_other" && r.error_type == "some_new_exception"));
+        assert!(
+            matches!(&out[0], ItemOutcome::Rejected(r) if r.reason == "rejected_other" && r.error_type == "some_new_exception")
+        );
     }
 
     #[test]
@@ -299,7 +337,9 @@ mod tests {
             items(classify(200, body, 2)),
             vec![
                 ItemOutcome::Stop(Stop::Auth { status: 403 }),
-                ItemOutcome::Stop(Stop::IndexBlocked { index: "logs".into() })
+                ItemOutcome::Stop(Stop::IndexBlocked {
+                    index: "logs".into()
+                })
             ]
         );
     }
@@ -307,30 +347,78 @@ mod tests {
     #[test]
     fn whole_request_answers() {
         let rejected = br#"{"error":{"root_cause":[{"type":"es_rejected_execution_exception","reason":"rejected"}],"type":"es_rejected_execution_exception","reason":"rejected"},"status":429}"#;
-        assert_eq!(classify(429, rejected, 3), Verdict::RetryAll { reason: "http_429" });
-        assert_eq!(classify(503, b"", 3), Verdict::RetryAll { reason: "http_503" });
-        assert_eq!(classify(502, b"<html>bad gateway</html>", 3), Verdict::RetryAll { reason: "http_502" });
-        assert_eq!(classify(599, b"", 3), Verdict::RetryAll { reason: "http_5xx" });
+        assert_eq!(
+            classify(429, rejected, 3),
+            Verdict::RetryAll { reason: "http_429" }
+        );
+        assert_eq!(
+            classify(503, b"", 3),
+            Verdict::RetryAll { reason: "http_503" }
+        );
+        assert_eq!(
+            classify(502, b"<html>bad gateway</html>", 3),
+            Verdict::RetryAll { reason: "http_502" }
+        );
+        assert_eq!(
+            classify(599, b"", 3),
+            Verdict::RetryAll { reason: "http_5xx" }
+        );
         assert_eq!(classify(413, b"", 3), Verdict::Split);
         let unauthorized = br#"{"error":{"root_cause":[{"type":"security_exception","reason":"unable to authenticate user [elastic] for REST request [/_bulk]"}],"type":"security_exception","reason":"unable to authenticate"},"status":401}"#;
-        assert_eq!(classify(401, unauthorized, 3), Verdict::Stop(Stop::Auth { status: 401 }));
-        assert_eq!(classify(403, b"", 3), Verdict::Stop(Stop::Auth { status: 403 }));
-        let blocked = br#"{"error":{"type":"cluster_block_exception","reason":"blocked"},"status":403}"#;
-        assert_eq!(classify(403, blocked, 3), Verdict::Stop(Stop::IndexBlocked { index: String::new() }));
+        assert_eq!(
+            classify(401, unauthorized, 3),
+            Verdict::Stop(Stop::Auth { status: 401 })
+        );
+        assert_eq!(
+            classify(403, b"", 3),
+            Verdict::Stop(Stop::Auth { status: 403 })
+        );
+        let blocked =
+            br#"{"error":{"type":"cluster_block_exception","reason":"blocked"},"status":403}"#;
+        assert_eq!(
+            classify(403, blocked, 3),
+            Verdict::Stop(Stop::IndexBlocked {
+                index: String::new()
+            })
+        );
         let newline = br#"{"error":{"type":"illegal_argument_exception","reason":"The bulk request must be terminated by a newline [\\n]"},"status":400}"#;
         assert_eq!(
             classify(400, newline, 3),
-            Verdict::Stop(Stop::Refused { status: 400, error_type: "illegal_argument_exception".into() })
+            Verdict::Stop(Stop::Refused {
+                status: 400,
+                error_type: "illegal_argument_exception".into()
+            })
         );
-        assert_eq!(classify(501, b"", 3), Verdict::Stop(Stop::Refused { status: 501, error_type: String::new() }));
+        assert_eq!(
+            classify(501, b"", 3),
+            Verdict::Stop(Stop::Refused {
+                status: 501,
+                error_type: String::new()
+            })
+        );
     }
 
     #[test]
     fn malformed_or_mismatched_success_is_retried_whole() {
-        assert_eq!(classify(200, b"<html>proxy</html>", 1), Verdict::RetryAll { reason: "invalid_response" });
+        assert_eq!(
+            classify(200, b"<html>proxy</html>", 1),
+            Verdict::RetryAll {
+                reason: "invalid_response"
+            }
+        );
         let one = br#"{"errors":false,"items":[{"create":{"_index":"a","status":201}}]}"#;
-        assert_eq!(classify(200, one, 2), Verdict::RetryAll { reason: "invalid_response" });
-        assert_eq!(classify(200, br#"{"errors":false,"items":[{}]}"#, 1), Verdict::RetryAll { reason: "invalid_response" });
+        assert_eq!(
+            classify(200, one, 2),
+            Verdict::RetryAll {
+                reason: "invalid_response"
+            }
+        );
+        assert_eq!(
+            classify(200, br#"{"errors":false,"items":[{}]}"#, 1),
+            Verdict::RetryAll {
+                reason: "invalid_response"
+            }
+        );
     }
 
     #[test]

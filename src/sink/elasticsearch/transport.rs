@@ -2,18 +2,20 @@
 //! with failover, authentication, gzip and the request timeout.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::{
+    ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder,
+};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -21,7 +23,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::ElasticsearchError;
-use crate::route::document::{Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials, TlsSettings};
+use crate::route::document::{
+    Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials, TlsSettings,
+};
 use crate::sink::Credentials;
 
 /// One base URL of the cluster.
@@ -75,35 +79,57 @@ pub struct Transport {
 
 impl Transport {
     /// Parse endpoints, load credentials and TLS material; opens no connection.
-    pub fn new(cfg: &ElasticsearchConfig, credentials: &Credentials) -> Result<Self, ElasticsearchError> {
+    pub fn new(
+        cfg: &ElasticsearchConfig,
+        credentials: &Credentials,
+    ) -> Result<Self, ElasticsearchError> {
         if cfg.endpoints.is_empty() {
             return Err(ElasticsearchError::InvalidEndpoint {
                 endpoint: String::new(),
                 reason: "no endpoint configured".into(),
             });
         }
-        let endpoints = cfg.endpoints.iter().map(|e| parse_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = match &cfg.auth {
             None => None,
             Some(a) => Some(auth_header(a, credentials)?),
         };
-        let needs_tls = endpoints.iter().any(|e| e.bulk.scheme() == Some(&http::uri::Scheme::HTTPS));
+        let needs_tls = endpoints
+            .iter()
+            .any(|e| e.bulk.scheme() == Some(&http::uri::Scheme::HTTPS));
         let tls = tls_config(cfg.tls.as_ref(), credentials, needs_tls)?;
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(30)));
-        http.set_connect_timeout(Some(Duration::from_millis(u64::from(cfg.request_timeout_ms.clamp(1, 10_000)))));
-        let builder = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let server_name = cfg.tls.as_ref().map(|t| t.server_name.as_str()).filter(|s| !s.is_empty());
+        http.set_connect_timeout(Some(Duration::from_millis(u64::from(
+            cfg.request_timeout_ms.clamp(1, 10_000),
+        ))));
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let server_name = cfg
+            .tls
+            .as_ref()
+            .map(|t| t.server_name.as_str())
+            .filter(|s| !s.is_empty());
         let connector = match server_name {
             Some(name) => {
-                let name = ServerName::try_from(name.to_string()).map_err(|_| ElasticsearchError::Tls {
-                    what: "serverName".into(),
-                    reason: format!("{name:?} is not a valid DNS name or IP address"),
+                let name = ServerName::try_from(name.to_string()).map_err(|_| {
+                    ElasticsearchError::Tls {
+                        what: "serverName".into(),
+                        reason: format!("{name:?} is not a valid DNS name or IP address"),
+                    }
                 })?;
-                builder.with_server_name_resolver(FixedServerNameResolver::new(name)).enable_http1().wrap_connector(http)
+                builder
+                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .wrap_connector(http)
             }
             None => builder.enable_http1().wrap_connector(http),
         };
@@ -133,13 +159,20 @@ impl Transport {
     /// Move on from endpoint `from` after it failed, unless a concurrent attempt already did.
     pub fn fail_over(&self, from: usize) {
         let n = self.endpoints.len();
-        let _ = self.cursor.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-            (c % n == from % n).then_some((from + 1) % n)
-        });
+        let _ = self
+            .cursor
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c % n == from % n).then_some((from + 1) % n)
+            });
     }
 
     /// POST one NDJSON body to `<endpoint>/_bulk`.
-    pub async fn bulk(&self, endpoint: usize, body: Vec<u8>, documents: usize) -> Result<Answer, AttemptError> {
+    pub async fn bulk(
+        &self,
+        endpoint: usize,
+        body: Vec<u8>,
+        documents: usize,
+    ) -> Result<Answer, AttemptError> {
         let ep = self.endpoint(endpoint);
         let mut req = Request::builder()
             .method(Method::POST)
@@ -160,7 +193,11 @@ impl Transport {
             .map_err(|e| AttemptError::Transport(format!("building the request failed: {e}")))?;
         let limit = 16 * 1024 * 1024 + documents * 1024;
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| AttemptError::Transport(error_chain(&e)))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| AttemptError::Transport(error_chain(&e)))?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), limit)
                 .collect()
@@ -169,12 +206,17 @@ impl Transport {
                 .to_bytes();
             Ok(Answer { status, body })
         };
-        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| AttemptError::Timeout)?
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| AttemptError::Timeout)?
     }
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(body);
     enc.finish().unwrap_or_default()
@@ -192,7 +234,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn parse_endpoint(raw: &str) -> Result<Endpoint, ElasticsearchError> {
-    let invalid = |reason: &str| ElasticsearchError::InvalidEndpoint { endpoint: redact(raw), reason: reason.into() };
+    let invalid = |reason: &str| ElasticsearchError::InvalidEndpoint {
+        endpoint: redact(raw),
+        reason: reason.into(),
+    };
     let uri: Uri = raw.parse().map_err(|_| invalid("not a URL"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
@@ -200,16 +245,31 @@ fn parse_endpoint(raw: &str) -> Result<Endpoint, ElasticsearchError> {
     }
     let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
     if authority.as_str().contains('@') {
-        return Err(invalid("credentials in the URL are not accepted; use the auth Secret"));
+        return Err(invalid(
+            "credentials in the URL are not accepted; use the auth Secret",
+        ));
     }
     if uri.query().is_some() {
         return Err(invalid("a query string is not accepted"));
     }
     let path = uri.path().trim_end_matches('/');
-    let bulk = format!("{}://{}{}/_bulk", uri.scheme_str().unwrap_or("http"), authority, path)
-        .parse()
-        .map_err(|_| invalid("not a URL"))?;
-    Ok(Endpoint { bulk, display: format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), authority, path) })
+    let bulk = format!(
+        "{}://{}{}/_bulk",
+        uri.scheme_str().unwrap_or("http"),
+        authority,
+        path
+    )
+    .parse()
+    .map_err(|_| invalid("not a URL"))?;
+    Ok(Endpoint {
+        bulk,
+        display: format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            authority,
+            path
+        ),
+    })
 }
 
 /// A URL for messages: anything between `://` and `@` is replaced.
@@ -220,7 +280,10 @@ fn redact(raw: &str) -> String {
     }
 }
 
-fn credential<'a>(credentials: &'a Credentials, r: &CredentialRef) -> Result<&'a [u8], ElasticsearchError> {
+fn credential<'a>(
+    credentials: &'a Credentials,
+    r: &CredentialRef,
+) -> Result<&'a [u8], ElasticsearchError> {
     credentials
         .get(&r.key)
         .map(Vec::as_slice)
@@ -233,7 +296,10 @@ fn strip_newline(v: &[u8]) -> &[u8] {
     v.strip_suffix(b"\r").unwrap_or(v)
 }
 
-fn auth_header(auth: &ElasticsearchCredentials, credentials: &Credentials) -> Result<HeaderValue, ElasticsearchError> {
+fn auth_header(
+    auth: &ElasticsearchCredentials,
+    credentials: &Credentials,
+) -> Result<HeaderValue, ElasticsearchError> {
     let (value, key) = match auth {
         ElasticsearchCredentials::Basic { username, password } => {
             let mut pair = strip_newline(credential(credentials, username)?).to_vec();
@@ -262,7 +328,10 @@ fn tls_config(
     needs_tls: bool,
 ) -> Result<rustls::ClientConfig, ElasticsearchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_err = |what: &str, reason: String| ElasticsearchError::Tls { what: what.into(), reason };
+    let tls_err = |what: &str, reason: String| ElasticsearchError::Tls {
+        what: what.into(),
+        reason,
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("protocol versions", e.to_string()))?;
@@ -271,11 +340,17 @@ fn tls_config(
             let pem = credential(credentials, ca)?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.map_err(|e| tls_err("CA", format!("key {}: not PEM: {e}", ca.key)))?;
-                roots.add(cert).map_err(|e| tls_err("CA", format!("key {}: {e}", ca.key)))?;
+                let cert =
+                    cert.map_err(|e| tls_err("CA", format!("key {}: not PEM: {e}", ca.key)))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err("CA", format!("key {}: {e}", ca.key)))?;
             }
             if roots.is_empty() {
-                return Err(tls_err("CA", format!("key {} holds no PEM certificate", ca.key)));
+                return Err(tls_err(
+                    "CA",
+                    format!("key {} holds no PEM certificate", ca.key),
+                ));
             }
             builder.with_root_certificates(roots)
         }
@@ -292,18 +367,28 @@ fn tls_config(
                 .map_err(|e| tls_err("client certificate", format!("key {}: {e}", cert.key)))?;
             let private = rustls_pemfile::private_key(&mut credential(credentials, key)?)
                 .map_err(|e| tls_err("client key", format!("key {}: {e}", key.key)))?
-                .ok_or_else(|| tls_err("client key", format!("key {} holds no PEM private key", key.key)))?;
+                .ok_or_else(|| {
+                    tls_err(
+                        "client key",
+                        format!("key {} holds no PEM private key", key.key),
+                    )
+                })?;
             builder
                 .with_client_auth_cert(chain, private)
                 .map_err(|e| tls_err("client certificate", e.to_string()))?
         }
         Some((None, None)) | None => builder.with_no_client_auth(),
         Some(_) => {
-            return Err(tls_err("client certificate", "clientCert and clientKey must be set together".into()));
+            return Err(tls_err(
+                "client certificate",
+                "clientCert and clientKey must be set together".into(),
+            ));
         }
     };
     if tls.is_some_and(|t| t.insecure_skip_verify) {
-        config.dangerous().set_certificate_verifier(Arc::new(NoVerification(provider)));
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(NoVerification(provider)));
     }
     Ok(config)
 }
@@ -331,7 +416,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -340,7 +430,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -357,12 +452,20 @@ mod tests {
         let e = parse_endpoint("https://es.example:9200/proxy/").unwrap();
         assert_eq!(e.bulk.to_string(), "https://es.example:9200/proxy/_bulk");
         assert_eq!(e.display, "https://es.example:9200/proxy");
-        assert_eq!(parse_endpoint("http://127.0.0.1:9200").unwrap().bulk.to_string(), "http://127.0.0.1:9200/_bulk");
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9200")
+                .unwrap()
+                .bulk
+                .to_string(),
+            "http://127.0.0.1:9200/_bulk"
+        );
     }
 
     #[test]
     fn credentials_in_urls_are_refused_and_never_echoed() {
-        let err = parse_endpoint("https://elastic:hunter2@es:9200").unwrap_err().to_string();
+        let err = parse_endpoint("https://elastic:hunter2@es:9200")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("auth Secret"), "{err}");
         assert!(parse_endpoint("ftp://es").is_err());
@@ -377,20 +480,32 @@ mod tests {
         ]
         .into();
         let key = |k: &str| CredentialRef { key: k.into() };
-        let basic = ElasticsearchCredentials::Basic { username: key("u"), password: key("p") };
-        assert_eq!(auth_header(&basic, &creds).unwrap(), "Basic ZWxhc3RpYzpwYTpzcw==");
+        let basic = ElasticsearchCredentials::Basic {
+            username: key("u"),
+            password: key("p"),
+        };
+        assert_eq!(
+            auth_header(&basic, &creds).unwrap(),
+            "Basic ZWxhc3RpYzpwYTpzcw=="
+        );
         let api = ElasticsearchCredentials::ApiKey { key: key("k") };
         let h = auth_header(&api, &creds).unwrap();
         assert_eq!(h, "ApiKey abc==");
         assert!(h.is_sensitive());
         let missing = ElasticsearchCredentials::ApiKey { key: key("nope") };
-        assert!(matches!(auth_header(&missing, &creds), Err(ElasticsearchError::MissingCredential { .. })));
+        assert!(matches!(
+            auth_header(&missing, &creds),
+            Err(ElasticsearchError::MissingCredential { .. })
+        ));
     }
 
     #[test]
     fn a_ca_without_certificates_is_an_error() {
         let creds: Credentials = [("ca".to_string(), b"not pem".to_vec())].into();
-        let tls = TlsSettings { ca: Some(CredentialRef { key: "ca".into() }), ..Default::default() };
+        let tls = TlsSettings {
+            ca: Some(CredentialRef { key: "ca".into() }),
+            ..Default::default()
+        };
         let err = tls_config(Some(&tls), &creds, true).unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
