@@ -113,7 +113,7 @@ fn record(c: &Arc<ContainerInfo>, i: u32, message: String) -> Arc<Record> {
         },
         timestamp: Timestamp {
             secs: T0 + i64::from(i / 100),
-            nanos: (i * 1_000_003) % 1_000_000_000,
+            nanos: ((u64::from(i) * 1_000_003) % 1_000_000_000) as u32,
         },
         message,
         truncated: false,
@@ -787,7 +787,7 @@ async fn indexing_throughput_into_osmem() {
         .collect();
     let mut cfg = config(&[&os.url], "logs-bench-%Y.%m.%d");
     cfg.max_events = 1000;
-    let (mut sink, _) = sink(cfg, Credentials::new());
+    let (mut sink, metrics) = sink(cfg, Credentials::new());
     let started = Instant::now();
     // Batches of maxEvents × maxConcurrency keep both requests of a send busy.
     for chunk in batch.chunks(2000) {
@@ -796,9 +796,12 @@ async fn indexing_throughput_into_osmem() {
     let elapsed = started.elapsed();
     os.refresh().await;
     assert_eq!(os.count("logs-bench-*").await, u64::from(total));
+    let bulk = metrics.es_bulk_duration.with_label_values(&[ROUTE, SINK]);
     println!(
-        "indexed {total} documents into osmem-server in {:.2} s: {:.0} docs/s",
+        "indexed {total} documents into osmem-server in {:.2} s: {:.0} docs/s ({} bulk requests, {:.0} ms each on average)",
         elapsed.as_secs_f64(),
-        f64::from(total) / elapsed.as_secs_f64()
+        f64::from(total) / elapsed.as_secs_f64(),
+        bulk.get_sample_count(),
+        bulk.get_sample_sum() * 1000.0 / bulk.get_sample_count().max(1) as f64,
     );
 }

@@ -301,7 +301,14 @@ impl Inner {
         let endpoint = self.transport.endpoint(endpoint).display.clone();
         match stop {
             Stop::Auth { status } => ElasticsearchError::Auth { endpoint, status },
-            Stop::IndexBlocked { index } => ElasticsearchError::IndexBlocked { endpoint, index },
+            Stop::IndexBlocked { index } => ElasticsearchError::IndexBlocked {
+                endpoint,
+                index: if index.is_empty() {
+                    "the target index".into()
+                } else {
+                    index
+                },
+            },
             Stop::Refused { status, error_type } => ElasticsearchError::Refused {
                 endpoint,
                 status,

@@ -15,6 +15,7 @@
 
 mod deliver;
 pub mod encode;
+pub mod index;
 pub mod retry;
 mod transport;
 
@@ -26,7 +27,8 @@ use prometheus::{Histogram, IntCounter};
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::{RetryPolicy, plan_requests};
-use encode::{Encoder, IndexTemplate, TemplateError};
+use encode::Encoder;
+use index::{IndexTemplate, TemplateError};
 use transport::Transport;
 
 use super::{SendFailure, SinkContext};
@@ -60,7 +62,7 @@ pub enum ElasticsearchError {
     )]
     Auth { endpoint: String, status: u16 },
     #[error(
-        "index {index:?} at {endpoint} is blocked for writes (cluster_block_exception, e.g. read-only after the disk flood-stage watermark); free disk space or remove the block, the batch will be resent"
+        "writes to {index} at {endpoint} are blocked for writes (cluster_block_exception, e.g. read-only after the disk flood-stage watermark); free disk space or remove the block, the batch will be resent"
     )]
     IndexBlocked { endpoint: String, index: String },
     #[error(
@@ -260,5 +262,78 @@ impl Inner {
             accepted,
             error: error.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AgentMetrics;
+    use crate::route::document::{Compression, CredentialRef, ElasticsearchCredentials};
+    use crate::sink::Credentials;
+
+    fn build(
+        endpoint: &str,
+        index: &str,
+        auth: bool,
+    ) -> Result<ElasticsearchSink, ElasticsearchError> {
+        let cfg = ElasticsearchConfig {
+            endpoints: vec![endpoint.into()],
+            target: IndexTarget::DataStream(index.into()),
+            auth: auth.then(|| ElasticsearchCredentials::ApiKey {
+                key: CredentialRef {
+                    key: "api-key".into(),
+                },
+            }),
+            tls: None,
+            max_events: 1000,
+            max_bytes: 5 << 20,
+            timeout_ms: 1000,
+            compression: Compression::Gzip,
+            request_timeout_ms: 30_000,
+            max_concurrency: 2,
+        };
+        let ctx = SinkContext {
+            route: "ns/r".into(),
+            sink: "s".into(),
+            metrics: AgentMetrics::new(&prometheus::Registry::new()),
+            credentials: Arc::new(Credentials::new()),
+            node: "n".into(),
+        };
+        ElasticsearchSink::new(cfg, ctx)
+    }
+
+    #[test]
+    fn configuration_is_checked_when_the_sink_is_built() {
+        assert!(
+            build(
+                "http://127.0.0.1:9200",
+                "logs-kubernetes-{namespace}",
+                false
+            )
+            .is_ok()
+        );
+        let e = build("http://127.0.0.1:9200", "logs-{tenant}", false)
+            .err()
+            .map(|e| e.reason());
+        assert_eq!(e, Some("invalid_config"));
+        let e = build("tcp://es:9200", "logs", false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("http or https"), "{e}");
+        let e = build("http://es:9200", "logs", true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("\"api-key\" is missing"), "{e}");
+    }
+
+    #[test]
+    fn the_sink_is_small_enough_to_sit_in_an_enum() {
+        assert_eq!(
+            std::mem::size_of::<ElasticsearchSink>(),
+            std::mem::size_of::<usize>()
+        );
     }
 }
