@@ -1,0 +1,512 @@
+//! HTTP for the `_bulk` endpoint: one pooled hyper client over rustls, the endpoint list
+//! with failover, authentication, gzip and the request timeout.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{
+    ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder,
+};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::ElasticsearchError;
+use crate::route::document::{
+    Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials, TlsSettings,
+};
+use crate::sink::Credentials;
+
+/// One base URL of the cluster.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    bulk: Uri,
+    /// The base URL without any `user:password@`, fit for logs and errors.
+    pub display: String,
+}
+
+/// Why one attempt got no HTTP answer.
+#[derive(Debug)]
+pub enum AttemptError {
+    Timeout,
+    /// Connection, TLS or protocol failure (text for logs: no URL, no credentials).
+    Transport(String),
+}
+
+impl AttemptError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AttemptError::Timeout => "timeout",
+            AttemptError::Transport(_) => "transport",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Timeout => f.write_str("no answer within the request timeout"),
+            AttemptError::Transport(e) => f.write_str(e),
+        }
+    }
+}
+
+/// An HTTP answer to a bulk request.
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+pub struct Transport {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    endpoints: Vec<Endpoint>,
+    cursor: AtomicUsize,
+    auth: Option<HeaderValue>,
+    gzip: bool,
+    timeout: Duration,
+}
+
+impl Transport {
+    /// Parse endpoints, load credentials and TLS material; opens no connection.
+    pub fn new(
+        cfg: &ElasticsearchConfig,
+        credentials: &Credentials,
+    ) -> Result<Self, ElasticsearchError> {
+        if cfg.endpoints.is_empty() {
+            return Err(ElasticsearchError::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoint configured".into(),
+            });
+        }
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let auth = match &cfg.auth {
+            None => None,
+            Some(a) => Some(auth_header(a, credentials)?),
+        };
+        let needs_tls = endpoints
+            .iter()
+            .any(|e| e.bulk.scheme() == Some(&http::uri::Scheme::HTTPS));
+        let tls = tls_config(cfg.tls.as_ref(), credentials, needs_tls)?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        http.set_connect_timeout(Some(Duration::from_millis(u64::from(
+            cfg.request_timeout_ms.clamp(1, 10_000),
+        ))));
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let server_name = cfg
+            .tls
+            .as_ref()
+            .map(|t| t.server_name.as_str())
+            .filter(|s| !s.is_empty());
+        let connector = match server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.to_string()).map_err(|_| {
+                    ElasticsearchError::Tls {
+                        what: "serverName".into(),
+                        reason: format!("{name:?} is not a valid DNS name or IP address"),
+                    }
+                })?;
+                builder
+                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .wrap_connector(http)
+            }
+            None => builder.enable_http1().wrap_connector(http),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(cfg.max_concurrency.clamp(1, 64) as usize)
+            .build(connector);
+        Ok(Self {
+            client,
+            endpoints,
+            cursor: AtomicUsize::new(0),
+            auth,
+            gzip: cfg.compression == Compression::Gzip,
+            timeout: Duration::from_millis(u64::from(cfg.request_timeout_ms.max(1))),
+        })
+    }
+
+    /// Index of the endpoint new attempts go to.
+    pub fn current(&self) -> usize {
+        self.cursor.load(Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    pub fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// Move on from endpoint `from` after it failed, unless a concurrent attempt already did.
+    pub fn fail_over(&self, from: usize) {
+        let n = self.endpoints.len();
+        let _ = self
+            .cursor
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c % n == from % n).then_some((from + 1) % n)
+            });
+    }
+
+    /// POST one NDJSON body to `<endpoint>/_bulk`.
+    pub async fn bulk(
+        &self,
+        endpoint: usize,
+        body: Vec<u8>,
+        documents: usize,
+    ) -> Result<Answer, AttemptError> {
+        let ep = self.endpoint(endpoint);
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(ep.bulk.clone())
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .header(ACCEPT, "application/json");
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let body = if self.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip");
+            gzip(&body)
+        } else {
+            body
+        };
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| AttemptError::Transport(format!("building the request failed: {e}")))?;
+        let limit = 16 * 1024 * 1024 + documents * 1024;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| AttemptError::Transport(error_chain(&e)))?;
+            let status = resp.status().as_u16();
+            let body = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Transport(format!("reading the response failed: {e}")))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| AttemptError::Timeout)?
+    }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn parse_endpoint(raw: &str) -> Result<Endpoint, ElasticsearchError> {
+    let invalid = |reason: &str| ElasticsearchError::InvalidEndpoint {
+        endpoint: redact(raw),
+        reason: reason.into(),
+    };
+    let uri: Uri = raw.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(invalid("the scheme must be http or https")),
+    }
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            "credentials in the URL are not accepted; use the auth Secret",
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(invalid("a query string is not accepted"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    let bulk = format!(
+        "{}://{}{}/_bulk",
+        uri.scheme_str().unwrap_or("http"),
+        authority,
+        path
+    )
+    .parse()
+    .map_err(|_| invalid("not a URL"))?;
+    Ok(Endpoint {
+        bulk,
+        display: format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            authority,
+            path
+        ),
+    })
+}
+
+/// A URL for messages: anything between `://` and `@` is replaced.
+fn redact(raw: &str) -> String {
+    match (raw.find("://"), raw.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}://***@{}", &raw[..s], &raw[a + 1..]),
+        _ => raw.to_string(),
+    }
+}
+
+fn credential<'a>(
+    credentials: &'a Credentials,
+    r: &CredentialRef,
+) -> Result<&'a [u8], ElasticsearchError> {
+    credentials
+        .get(&r.key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ElasticsearchError::MissingCredential { key: r.key.clone() })
+}
+
+/// A Secret value written with `echo` or from a file often ends with a newline: drop one.
+fn strip_newline(v: &[u8]) -> &[u8] {
+    let v = v.strip_suffix(b"\n").unwrap_or(v);
+    v.strip_suffix(b"\r").unwrap_or(v)
+}
+
+fn auth_header(
+    auth: &ElasticsearchCredentials,
+    credentials: &Credentials,
+) -> Result<HeaderValue, ElasticsearchError> {
+    let (value, key) = match auth {
+        ElasticsearchCredentials::Basic { username, password } => {
+            let mut pair = strip_newline(credential(credentials, username)?).to_vec();
+            pair.push(b':');
+            pair.extend_from_slice(strip_newline(credential(credentials, password)?));
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&pair);
+            (format!("Basic {encoded}").into_bytes(), &username.key)
+        }
+        ElasticsearchCredentials::ApiKey { key } => {
+            let raw = credential(credentials, key)?;
+            let trimmed = raw.trim_ascii();
+            let mut v = b"ApiKey ".to_vec();
+            v.extend_from_slice(trimmed);
+            (v, &key.key)
+        }
+    };
+    let mut header = HeaderValue::from_bytes(&value)
+        .map_err(|_| ElasticsearchError::InvalidCredential { key: key.clone() })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+fn tls_config(
+    tls: Option<&TlsSettings>,
+    credentials: &Credentials,
+    needs_tls: bool,
+) -> Result<rustls::ClientConfig, ElasticsearchError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_err = |what: &str, reason: String| ElasticsearchError::Tls {
+        what: what.into(),
+        reason,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("protocol versions", e.to_string()))?;
+    let builder = match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => {
+            let pem = credential(credentials, ca)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert =
+                    cert.map_err(|e| tls_err("CA", format!("key {}: not PEM: {e}", ca.key)))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err("CA", format!("key {}: {e}", ca.key)))?;
+            }
+            if roots.is_empty() {
+                return Err(tls_err(
+                    "CA",
+                    format!("key {} holds no PEM certificate", ca.key),
+                ));
+            }
+            builder.with_root_certificates(roots)
+        }
+        // System roots are read only when some endpoint uses https and they matter.
+        None if needs_tls && !tls.is_some_and(|t| t.insecure_skip_verify) => builder
+            .with_native_roots()
+            .map_err(|e| tls_err("system CA certificates", e.to_string()))?,
+        None => builder.with_root_certificates(rustls::RootCertStore::empty()),
+    };
+    let mut config = match tls.map(|t| (&t.client_cert, &t.client_key)) {
+        Some((Some(cert), Some(key))) => {
+            let chain = rustls_pemfile::certs(&mut credential(credentials, cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err("client certificate", format!("key {}: {e}", cert.key)))?;
+            let private = rustls_pemfile::private_key(&mut credential(credentials, key)?)
+                .map_err(|e| tls_err("client key", format!("key {}: {e}", key.key)))?
+                .ok_or_else(|| {
+                    tls_err(
+                        "client key",
+                        format!("key {} holds no PEM private key", key.key),
+                    )
+                })?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| tls_err("client certificate", e.to_string()))?
+        }
+        Some((None, None)) | None => builder.with_no_client_auth(),
+        Some(_) => {
+            return Err(tls_err(
+                "client certificate",
+                "clientCert and clientKey must be set together".into(),
+            ));
+        }
+    };
+    if tls.is_some_and(|t| t.insecure_skip_verify) {
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(NoVerification(provider)));
+    }
+    Ok(config)
+}
+
+/// `insecureSkipVerify`: accept any server certificate (handshake signatures are still
+/// checked). Only ever installed when the route asks for it.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_keep_their_path_prefix() {
+        let e = parse_endpoint("https://es.example:9200/proxy/").unwrap();
+        assert_eq!(e.bulk.to_string(), "https://es.example:9200/proxy/_bulk");
+        assert_eq!(e.display, "https://es.example:9200/proxy");
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9200")
+                .unwrap()
+                .bulk
+                .to_string(),
+            "http://127.0.0.1:9200/_bulk"
+        );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_and_never_echoed() {
+        let err = parse_endpoint("https://elastic:hunter2@es:9200")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("auth Secret"), "{err}");
+        assert!(parse_endpoint("ftp://es").is_err());
+    }
+
+    #[test]
+    fn basic_and_api_key_headers() {
+        let creds: Credentials = [
+            ("u".to_string(), b"elastic\n".to_vec()),
+            ("p".to_string(), b"pa:ss".to_vec()),
+            ("k".to_string(), b" abc==\n".to_vec()),
+        ]
+        .into();
+        let key = |k: &str| CredentialRef { key: k.into() };
+        let basic = ElasticsearchCredentials::Basic {
+            username: key("u"),
+            password: key("p"),
+        };
+        assert_eq!(
+            auth_header(&basic, &creds).unwrap(),
+            "Basic ZWxhc3RpYzpwYTpzcw=="
+        );
+        let api = ElasticsearchCredentials::ApiKey { key: key("k") };
+        let h = auth_header(&api, &creds).unwrap();
+        assert_eq!(h, "ApiKey abc==");
+        assert!(h.is_sensitive());
+        let missing = ElasticsearchCredentials::ApiKey { key: key("nope") };
+        assert!(matches!(
+            auth_header(&missing, &creds),
+            Err(ElasticsearchError::MissingCredential { .. })
+        ));
+    }
+
+    #[test]
+    fn a_ca_without_certificates_is_an_error() {
+        let creds: Credentials = [("ca".to_string(), b"not pem".to_vec())].into();
+        let tls = TlsSettings {
+            ca: Some(CredentialRef { key: "ca".into() }),
+            ..Default::default()
+        };
+        let err = tls_config(Some(&tls), &creds, true).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    }
+}
