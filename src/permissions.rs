@@ -94,7 +94,9 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Controller,
         group: "",
         resource: "configmaps",
-        verbs: &["get", "list", "watch", "create", "patch", "update", "delete"],
+        verbs: &[
+            "get", "list", "watch", "create", "patch", "update", "delete",
+        ],
         scope: Scope::OperatorNamespace,
         why: "server-side apply, sweep and delete compiled route documents",
     },
@@ -102,7 +104,9 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Controller,
         group: "",
         resource: "secrets",
-        verbs: &["get", "list", "watch", "create", "patch", "update", "delete"],
+        verbs: &[
+            "get", "list", "watch", "create", "patch", "update", "delete",
+        ],
         scope: Scope::OperatorNamespace,
         why: "server-side apply, sweep and delete compiled credentials",
     },
@@ -183,7 +187,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    const KNOWN_VERBS: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+    const KNOWN_VERBS: &[&str] = &[
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
 
     #[test]
     fn rows_are_unique_and_use_known_verbs() {
@@ -211,13 +217,20 @@ mod tests {
     fn agent_only_reads() {
         for p in of(Component::Agent) {
             for verb in p.verbs {
-                assert!(READ.contains(verb), "the agent must stay read-only, but {p:?} grants {verb}");
+                assert!(
+                    READ.contains(verb),
+                    "the agent must stay read-only, but {p:?} grants {verb}"
+                );
             }
         }
         let cluster: Vec<_> = of(Component::Agent)
             .filter(|p| p.scope == Scope::Cluster)
             .map(|p| p.resource)
             .collect();
-        assert_eq!(cluster, ["pods"], "the agent reads only pods outside the operator namespace");
+        assert_eq!(
+            cluster,
+            ["pods"],
+            "the agent reads only pods outside the operator namespace"
+        );
     }
 }
