@@ -48,7 +48,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;
     --with-promtool) with_promtool=true; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "install-tools.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
