@@ -95,7 +95,7 @@ if [[ -x "$venv/bin/kubernetes-validate" ]] && [[ "$("$venv/bin/kubernetes-valid
 else
   if ! "$python" -m venv "$venv" 2>/dev/null; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-      apt-get install -y --no-install-recommends python3-venv python3-pip
+      apt-get update && apt-get install -y --no-install-recommends python3-venv python3-pip
       "$python" -m venv "$venv"
     else
       echo "install-tools.sh: cannot create a virtualenv; install python3-venv" >&2
@@ -116,6 +116,6 @@ if $with_promtool; then
   if command -v promtool >/dev/null; then
     echo "promtool already installed: $(command -v promtool)"
   else
-    apt-get install -y --no-install-recommends prometheus
+    apt-get update && apt-get install -y --no-install-recommends prometheus
   fi
 fi
