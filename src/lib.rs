@@ -11,6 +11,7 @@ pub mod check;
 pub mod controller;
 pub mod http;
 pub mod metrics;
+pub mod permissions;
 pub mod record;
 pub mod route;
 pub mod sink;
