@@ -159,8 +159,9 @@ impl RouteTableManager {
                 credentials: credentials.clone(),
                 node: self.settings.node.clone(),
             };
-            let client = SinkClient::new(sink, ctx.clone())
+            let mut client = SinkClient::new(sink, ctx.clone())
                 .map_err(|e| format!("sink {}: {e}", sink.name))?;
+            client.set_shutdown(self.settings.stop.clone());
             let (queue, _handle) = worker::spawn(
                 client,
                 ctx,
@@ -201,6 +202,34 @@ impl SecretLookup for DirSecrets {
         }
         Some(data)
     }
+}
+
+/// Names, sizes and modification times of the files under `dir` (three levels deep:
+/// `<namespace>/<secret>/<key>`), to notice a changed Secret.
+fn tree_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Follow symlinks: a Secret volume's keys link into a timestamped directory.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth > 0 {
+                    walk(&path, depth - 1, out);
+                }
+            } else {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 2, &mut out);
+    out.sort();
+    out
 }
 
 /// Compile the LogRoutes of one YAML file (several documents allowed).
@@ -259,11 +288,19 @@ pub async fn watch_files(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let secrets = secrets_dir.map(DirSecrets);
     let mut last_good: BTreeMap<PathBuf, BTreeMap<String, RouteInput>> = BTreeMap::new();
     let mut seen: BTreeMap<PathBuf, Option<SystemTime>> = BTreeMap::new();
+    let mut secrets_seen = None;
+    let secrets = secrets_dir.map(DirSecrets);
     loop {
         let mut changed = false;
+        // A changed Secret recompiles every file: which routes use it is the compiler's
+        // business, and the files are few.
+        let stamp = secrets.as_ref().map(|s| tree_stamp(&s.0));
+        if stamp != secrets_seen {
+            secrets_seen = stamp;
+            seen.clear();
+        }
         for path in &paths {
             let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
             if seen.get(path) == Some(&mtime) && mtime.is_some() {

@@ -82,6 +82,15 @@ impl SinkClient {
         })
     }
 
+    /// Cancelling `token` makes a send that is waiting (on a request or a backoff) give
+    /// up at once and report what was accepted so far. Only the Elasticsearch client
+    /// waits inside a send; the others return on their own write timeouts.
+    pub fn set_shutdown(&mut self, token: tokio_util::sync::CancellationToken) {
+        if let SinkClient::Elasticsearch(s) = self {
+            s.set_shutdown(token);
+        }
+    }
+
     /// Bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
