@@ -70,7 +70,7 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Controller,
         group: "logroute.dev",
         resource: "logroutes",
-        verbs: &["get", "list", "watch", "patch", "update"],
+        verbs: &["list", "watch", "patch"],
         scope: Scope::Cluster,
         why: "watch LogRoutes in every namespace; add and remove the cleanup finalizer",
     },
@@ -78,35 +78,23 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Controller,
         group: "logroute.dev",
         resource: "logroutes/status",
-        verbs: &["patch", "update"],
+        verbs: &["patch"],
         scope: Scope::Cluster,
         why: "report Ready, observedGeneration, sinks and namespaces",
     },
     Permission {
         component: Component::Controller,
-        group: "logroute.dev",
-        resource: "logroutes/finalizers",
-        verbs: &["update"],
-        scope: Scope::Cluster,
-        why: "set owner references that block deletion (OwnerReferencesPermissionEnforcement)",
-    },
-    Permission {
-        component: Component::Controller,
         group: "",
         resource: "configmaps",
-        verbs: &[
-            "get", "list", "watch", "create", "patch", "update", "delete",
-        ],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         scope: Scope::OperatorNamespace,
-        why: "server-side apply, sweep and delete compiled route documents",
+        why: "server-side apply, sweep and delete compiled route documents; notice drift",
     },
     Permission {
         component: Component::Controller,
         group: "",
         resource: "secrets",
-        verbs: &[
-            "get", "list", "watch", "create", "patch", "update", "delete",
-        ],
+        verbs: &["create", "patch", "delete"],
         scope: Scope::OperatorNamespace,
         why: "server-side apply, sweep and delete compiled credentials",
     },
@@ -116,7 +104,7 @@ pub const PERMISSIONS: &[Permission] = &[
         resource: "secrets",
         verbs: READ,
         scope: Scope::Cluster,
-        why: "resolve Secrets that LogRoutes reference in their own namespaces, and re-reconcile when they change",
+        why: "resolve Secrets that LogRoutes reference in their own namespaces, and re-reconcile when they change; list the compiled ones for the sweep",
     },
     Permission {
         component: Component::Controller,
@@ -136,14 +124,6 @@ pub const PERMISSIONS: &[Permission] = &[
     },
     Permission {
         component: Component::Controller,
-        group: "",
-        resource: "events",
-        verbs: &["create", "patch"],
-        scope: Scope::Cluster,
-        why: "record Events through the core/v1 API",
-    },
-    Permission {
-        component: Component::Controller,
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
@@ -155,27 +135,96 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Agent,
         group: "",
         resource: "pods",
-        verbs: READ,
+        verbs: &["list", "watch"],
         scope: Scope::Cluster,
-        why: "pod metadata of this node's containers (fieldSelector spec.nodeName)",
+        why: "pod metadata of this node's containers (a reflector with fieldSelector spec.nodeName)",
     },
     Permission {
         component: Component::Agent,
         group: "",
         resource: "configmaps",
-        verbs: READ,
+        verbs: &["list", "watch"],
         scope: Scope::OperatorNamespace,
-        why: "compiled route documents",
+        why: "compiled route documents (a reflector)",
     },
     Permission {
         component: Component::Agent,
         group: "",
         resource: "secrets",
-        verbs: READ,
+        verbs: &["list", "watch"],
         scope: Scope::OperatorNamespace,
-        why: "compiled sink credentials",
+        why: "compiled sink credentials (a reflector)",
     },
 ];
+
+/// One API request, as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub group: String,
+    /// Plural resource, with `/subresource` where there is one.
+    pub resource: String,
+    pub verb: &'static str,
+    /// `None` for a cluster-wide or cluster-scoped request.
+    pub namespace: Option<String>,
+}
+
+impl Request {
+    /// Read an HTTP request to the API server the way the authorizer does: `GET` on a
+    /// collection is `list` (`watch` with `watch=true`), on an object `get`; `POST`
+    /// `create`, `PUT` `update`, `PATCH` `patch`, `DELETE` `delete`. `None` for paths
+    /// outside `/api` and `/apis`.
+    pub fn parse(method: &str, path: &str, query: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => (String::new(), rest),
+            ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+            _ => return None,
+        };
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+            _ => (None, rest),
+        };
+        let (resource, object) = match rest {
+            [resource] => (resource.to_string(), false),
+            [resource, _name] => (resource.to_string(), true),
+            [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+            _ => return None,
+        };
+        let watching = query.split('&').any(|kv| kv == "watch=true");
+        let verb = match (method, object) {
+            ("GET", _) if watching => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => return None,
+        };
+        Some(Self {
+            group,
+            resource,
+            verb,
+            namespace,
+        })
+    }
+
+    /// Whether the table lets `component` make this request, logroute being installed
+    /// in `operator_namespace`.
+    pub fn allowed(&self, component: Component, operator_namespace: &str) -> bool {
+        of(component).any(|p| {
+            p.group == self.group
+                && p.resource == self.resource
+                && p.verbs.contains(&self.verb)
+                && match p.scope {
+                    Scope::Cluster => true,
+                    Scope::OperatorNamespace => {
+                        self.namespace.as_deref() == Some(operator_namespace)
+                    }
+                }
+        })
+    }
+}
 
 /// The rows of one component.
 pub fn of(component: Component) -> impl Iterator<Item = &'static Permission> {
@@ -218,7 +267,7 @@ mod tests {
         for p in of(Component::Agent) {
             for verb in p.verbs {
                 assert!(
-                    READ.contains(verb),
+                    ["get", "list", "watch"].contains(verb),
                     "the agent must stay read-only, but {p:?} grants {verb}"
                 );
             }
@@ -232,5 +281,82 @@ mod tests {
             ["pods"],
             "the agent reads only pods outside the operator namespace"
         );
+    }
+
+    #[test]
+    fn requests_read_like_the_authorizer_reads_them() {
+        let r = |m, p, q| Request::parse(m, p, q).expect("an API path");
+        let ns = |s: &str| Some(s.to_string());
+        assert_eq!(
+            r(
+                "GET",
+                "/apis/logroute.dev/v1alpha1/logroutes",
+                "watch=true&timeoutSeconds=290"
+            ),
+            Request {
+                group: "logroute.dev".into(),
+                resource: "logroutes".into(),
+                verb: "watch",
+                namespace: None
+            }
+        );
+        assert_eq!(
+            r(
+                "PATCH",
+                "/apis/logroute.dev/v1alpha1/namespaces/pay/logroutes/r/status",
+                ""
+            ),
+            Request {
+                group: "logroute.dev".into(),
+                resource: "logroutes/status".into(),
+                verb: "patch",
+                namespace: ns("pay")
+            }
+        );
+        assert_eq!(r("GET", "/api/v1/namespaces", "").verb, "list");
+        assert_eq!(
+            r("GET", "/api/v1/namespaces/pay", "").resource,
+            "namespaces"
+        );
+        assert_eq!(
+            r("GET", "/api/v1/namespaces/pay/secrets/creds", "").verb,
+            "get"
+        );
+        assert_eq!(
+            r(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/op/leases/l",
+                ""
+            )
+            .verb,
+            "update"
+        );
+        assert_eq!(
+            r("DELETE", "/api/v1/namespaces/op/configmaps/c", "").verb,
+            "delete"
+        );
+        assert_eq!(
+            r("POST", "/apis/events.k8s.io/v1/namespaces/pay/events", "").verb,
+            "create"
+        );
+        assert_eq!(Request::parse("GET", "/healthz", ""), None);
+    }
+
+    #[test]
+    fn the_operator_namespace_scope_stops_at_its_namespace() {
+        let delete = |ns: &str| {
+            Request::parse(
+                "DELETE",
+                &format!("/api/v1/namespaces/{ns}/configmaps/c"),
+                "",
+            )
+            .unwrap()
+        };
+        assert!(delete("op").allowed(Component::Controller, "op"));
+        assert!(!delete("payments").allowed(Component::Controller, "op"));
+        assert!(!delete("op").allowed(Component::Agent, "op"));
+        let read = Request::parse("GET", "/api/v1/namespaces/payments/secrets/creds", "").unwrap();
+        assert!(read.allowed(Component::Controller, "op"));
+        assert!(!read.allowed(Component::Agent, "op"));
     }
 }

@@ -23,6 +23,7 @@ use tower_test::mock::{self, Handle};
 
 use super::context::Context;
 use crate::metrics::ControllerMetrics;
+use crate::permissions::{self, Component};
 
 pub const OP_NS: &str = "logroute-system";
 /// How long a test waits for a call (or a reconcile) before failing.
@@ -201,6 +202,13 @@ async fn answer(
         call.describe()
     );
     let query = parts.uri.query().unwrap_or_default();
+    // Every call the controller makes in a test must be one the chart's RBAC grants.
+    let request = permissions::Request::parse(parts.method.as_str(), path, query)
+        .unwrap_or_else(|| panic!("call #{i} {seen}: not a Kubernetes API request"));
+    assert!(
+        request.allowed(Component::Controller, OP_NS),
+        "call #{i} {seen} ({request:?}) is not in src/permissions.rs: add the row and the chart rule, or do not make the call"
+    );
     for part in &call.query {
         assert!(
             query.contains(part.as_str()),

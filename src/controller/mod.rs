@@ -7,17 +7,9 @@
 //! - [`sweep`]: the start-up removal of compiled objects whose LogRoute is gone.
 //! - [`leader`]: Lease-based leader election; only the leader runs the Controller.
 //!
-//! Kubernetes API calls the controller makes (the chart's RBAC follows this list):
-//! - `logroute.dev` `logroutes`, all namespaces: list, watch (the Controller; the sweep
-//!   lists metadata), patch (finalizer add/remove); `logroutes/status`: patch.
-//! - core `configmaps` in the operator namespace: create + patch (server-side apply),
-//!   delete, list, watch (metadata: sweep and drift triggers).
-//! - core `secrets` in the operator namespace: create + patch (apply), delete, list
-//!   (sweep); in every namespace: get (only Secrets a LogRoute of that namespace refers
-//!   to), list, watch (metadata only, to re-trigger routes).
-//! - core `namespaces`, cluster: list, watch (metadata only).
-//! - `events.k8s.io` `events`, in the LogRoutes' namespaces: create, patch.
-//! - `coordination.k8s.io` `leases` in the operator namespace: get, create, update.
+//! The Kubernetes API calls the controller makes are the controller rows of
+//! [`crate::permissions`]; the scripted API server of the tests refuses any call that is
+//! not there, and the chart's RBAC is checked against the same table.
 
 pub mod context;
 pub mod error;
