@@ -222,4 +222,6 @@ spec:
         h.metric("logroute_agent_records_sent_total", &["elasticsearch"]),
         (3 * (N + 1)) as f64
     );
+    let text = logroute::metrics::render(&h.agent.registry);
+    support::promtool::check_metrics("agent", &text);
 }

@@ -8,4 +8,5 @@ pub mod docker;
 pub mod env;
 pub mod nginx;
 pub mod osmem;
+pub mod promtool;
 pub mod rsyslog;
