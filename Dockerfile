@@ -1,5 +1,5 @@
 # The logroute image: one binary (`logroute controller`, `logroute agent`, `logroute crd`)
-# on a distroless runtime with no shell and no package manager.
+# and exactly the libraries it links, on `scratch`: no shell, no package manager.
 #
 #   docker build -t logroute:0.1.0 .
 #
@@ -13,13 +13,15 @@ WORKDIR /src
 # --locked builds exactly the versions in Cargo.lock.
 COPY . .
 RUN cargo build --release --locked --bin logroute \
- && install -D -m 0755 target/release/logroute /out/logroute \
- && /out/logroute --version
+ && target/release/logroute --version \
+ && bash scripts/rootfs.sh target/release/logroute /rootfs
 
 # ---- runtime ------------------------------------------------------------------------
-# glibc, libgcc, CA certificates and /etc/passwd with user nonroot (65532); no shell.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/logroute /usr/local/bin/logroute
+# The binary, glibc and libgcc from the build stage (scripts/rootfs.sh), the CA bundle and
+# /etc/passwd with user nonroot (65532). scripts/image-local.sh builds the same image
+# from a local release build when base images cannot be pulled.
+FROM scratch
+COPY --from=build /rootfs/ /
 # The controller runs as this user. The agent needs to open the Docker socket: the Helm
 # chart runs it as root with every capability dropped (see charts/logroute/values.yaml).
 USER 65532:65532

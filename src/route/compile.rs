@@ -991,6 +991,11 @@ fn check_label_value(v: &str) -> Result<(), String> {
 /// `host:port` or `[v6]:port`.
 fn parse_host_port(address: &str) -> Result<(String, u16), String> {
     let hint = "write host:port, e.g. syslog.logging.svc:6514 or [fd00::1]:514";
+    if let Some((scheme, _)) = address.split_once("://") {
+        return Err(format!(
+            "{address:?} carries a scheme ({scheme}://); write only host:port and choose the protocol with `transport` (udp, tcp or tls)"
+        ));
+    }
     let (host, port) = if let Some(rest) = address.strip_prefix('[') {
         let (host, port) = rest
             .split_once("]:")

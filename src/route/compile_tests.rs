@@ -281,6 +281,13 @@ fn invalid_specs_name_field_and_fix() {
         ),
         (
             "payments",
+            "  sinks: [{name: a, syslog: {address: 'tcp://h:514'}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.address",
+            "choose the protocol with `transport`",
+        ),
+        (
+            "payments",
             "  sinks: [{name: a, syslog: {address: 'h:70000'}}]\n",
             Reason::InvalidSpec,
             "spec.sinks[0].syslog.address",
