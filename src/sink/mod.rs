@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 pub mod stdout;
 pub mod syslog;
+pub mod tls;
 pub mod worker;
 
 use std::collections::BTreeMap;

@@ -57,6 +57,8 @@ pub enum ElasticsearchError {
     InvalidCredential { key: String },
     #[error("Elasticsearch TLS settings ({what}): {reason}")]
     Tls { what: String, reason: String },
+    #[error("Elasticsearch TLS settings: {0}")]
+    TlsSetup(#[from] crate::sink::tls::TlsError),
     #[error(
         "authentication failed for endpoint {endpoint} (HTTP {status}): check the Secret referenced by the route's elasticsearch auth (username/password or API key) and that user's or key's privileges on the target index; the batch will be resent"
     )]
@@ -93,7 +95,7 @@ impl ElasticsearchError {
             | ElasticsearchError::InvalidIndexTemplate { .. }
             | ElasticsearchError::MissingCredential { .. }
             | ElasticsearchError::InvalidCredential { .. } => "invalid_config",
-            ElasticsearchError::Tls { .. } => "tls_config",
+            ElasticsearchError::Tls { .. } | ElasticsearchError::TlsSetup(_) => "tls_config",
             ElasticsearchError::Auth { .. } => "auth",
             ElasticsearchError::IndexBlocked { .. } => "index_blocked",
             ElasticsearchError::Refused { .. } => "refused",

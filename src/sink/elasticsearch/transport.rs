@@ -2,7 +2,6 @@
 //! with failover, authentication, gzip and the request timeout.
 
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -11,22 +10,17 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{
-    ConfigBuilderExt as _, FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder,
-};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 
 use super::ElasticsearchError;
 use crate::route::document::{
-    Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials, TlsSettings,
+    Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials,
 };
-use crate::sink::Credentials;
+use crate::sink::{Credentials, tls};
 
 /// One base URL of the cluster.
 #[derive(Debug, Clone)]
@@ -101,7 +95,7 @@ impl Transport {
         let needs_tls = endpoints
             .iter()
             .any(|e| e.bulk.scheme() == Some(&http::uri::Scheme::HTTPS));
-        let tls = tls_config(cfg.tls.as_ref(), credentials, needs_tls)?;
+        let tls = tls::client_config(cfg.tls.as_ref(), credentials, needs_tls)?;
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -322,130 +316,10 @@ fn auth_header(
     Ok(header)
 }
 
-fn tls_config(
-    tls: Option<&TlsSettings>,
-    credentials: &Credentials,
-    needs_tls: bool,
-) -> Result<rustls::ClientConfig, ElasticsearchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_err = |what: &str, reason: String| ElasticsearchError::Tls {
-        what: what.into(),
-        reason,
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("protocol versions", e.to_string()))?;
-    let builder = match tls.and_then(|t| t.ca.as_ref()) {
-        Some(ca) => {
-            let pem = credential(credentials, ca)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert =
-                    cert.map_err(|e| tls_err("CA", format!("key {}: not PEM: {e}", ca.key)))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_err("CA", format!("key {}: {e}", ca.key)))?;
-            }
-            if roots.is_empty() {
-                return Err(tls_err(
-                    "CA",
-                    format!("key {} holds no PEM certificate", ca.key),
-                ));
-            }
-            builder.with_root_certificates(roots)
-        }
-        // System roots are read only when some endpoint uses https and they matter.
-        None if needs_tls && !tls.is_some_and(|t| t.insecure_skip_verify) => builder
-            .with_native_roots()
-            .map_err(|e| tls_err("system CA certificates", e.to_string()))?,
-        None => builder.with_root_certificates(rustls::RootCertStore::empty()),
-    };
-    let mut config = match tls.map(|t| (&t.client_cert, &t.client_key)) {
-        Some((Some(cert), Some(key))) => {
-            let chain = rustls_pemfile::certs(&mut credential(credentials, cert)?)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls_err("client certificate", format!("key {}: {e}", cert.key)))?;
-            let private = rustls_pemfile::private_key(&mut credential(credentials, key)?)
-                .map_err(|e| tls_err("client key", format!("key {}: {e}", key.key)))?
-                .ok_or_else(|| {
-                    tls_err(
-                        "client key",
-                        format!("key {} holds no PEM private key", key.key),
-                    )
-                })?;
-            builder
-                .with_client_auth_cert(chain, private)
-                .map_err(|e| tls_err("client certificate", e.to_string()))?
-        }
-        Some((None, None)) | None => builder.with_no_client_auth(),
-        Some(_) => {
-            return Err(tls_err(
-                "client certificate",
-                "clientCert and clientKey must be set together".into(),
-            ));
-        }
-    };
-    if tls.is_some_and(|t| t.insecure_skip_verify) {
-        config
-            .dangerous()
-            .set_certificate_verifier(Arc::new(NoVerification(provider)));
-    }
-    Ok(config)
-}
-
-/// `insecureSkipVerify`: accept any server certificate (handshake signatures are still
-/// checked). Only ever installed when the route asks for it.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::document::{IndexTarget, TlsSettings};
 
     #[test]
     fn endpoints_keep_their_path_prefix() {
@@ -506,7 +380,20 @@ mod tests {
             ca: Some(CredentialRef { key: "ca".into() }),
             ..Default::default()
         };
-        let err = tls_config(Some(&tls), &creds, true).unwrap_err();
-        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        let cfg = ElasticsearchConfig {
+            endpoints: vec!["https://127.0.0.1:9200".into()],
+            target: IndexTarget::Index("logs".into()),
+            auth: None,
+            tls: Some(tls),
+            max_events: 1000,
+            max_bytes: 5 << 20,
+            timeout_ms: 1000,
+            compression: Compression::None,
+            request_timeout_ms: 1000,
+            max_concurrency: 1,
+        };
+        let err = Transport::new(&cfg, &creds).err().expect("error");
+        assert!(err.to_string().contains("no CERTIFICATE block"), "{err}");
+        assert_eq!(err.reason(), "tls_config");
     }
 }

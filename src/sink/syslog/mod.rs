@@ -55,28 +55,12 @@ pub enum SyslogError {
         value: u8,
         max: u8,
     },
-    #[error(
-        "TLS credential `{key}` is missing from the route's credentials; check the referenced Secret and key"
-    )]
-    Credential { key: String },
-    #[error("{what} in credential `{key}` cannot be used: {detail}")]
-    Pem {
-        what: &'static str,
-        key: String,
-        detail: String,
-    },
-    #[error("mutual TLS needs both a client certificate and its key, but only one is set")]
-    ClientCertWithoutKey,
-    #[error(
-        "no usable CA certificate in the system trust store ({detail}); set tls.caSecretRef to the receiver's CA"
-    )]
-    NoSystemRoots { detail: String },
+    #[error(transparent)]
+    Tls(#[from] crate::sink::tls::TlsError),
     #[error(
         "`{name}` is not a valid TLS server name; set tls.serverName to a DNS name or IP address in the receiver's certificate"
     )]
     ServerName { name: String },
-    #[error("TLS client configuration failed: {0}")]
-    TlsConfig(rustls::Error),
     #[error("cannot resolve syslog receiver {addr}: {source}")]
     Resolve { addr: String, source: io::Error },
     #[error("cannot connect to syslog receiver {addr}: {source}; is it running and reachable?")]
@@ -101,12 +85,8 @@ impl SyslogError {
         match self {
             SyslogError::MessageLimit { .. }
             | SyslogError::OutOfRange { .. }
-            | SyslogError::Credential { .. }
-            | SyslogError::Pem { .. }
-            | SyslogError::ClientCertWithoutKey
-            | SyslogError::NoSystemRoots { .. }
-            | SyslogError::ServerName { .. }
-            | SyslogError::TlsConfig(_) => "config",
+            | SyslogError::Tls(_)
+            | SyslogError::ServerName { .. } => "config",
             SyslogError::Resolve { .. } => "resolve",
             SyslogError::Connect { .. } => "connect",
             SyslogError::ConnectTimeout { .. } => "timeout",
