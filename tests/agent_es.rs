@@ -10,12 +10,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ObjectMeta;
 use logroute::agent::pods::{PodCache, PodFeed};
 use logroute::agent::{Agent, AgentArgs, RouteSource};
 use serde_json::Value;
-use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_uid};
+use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object, pod_uid};
 use support::osmem::Osmem;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -78,21 +76,8 @@ impl Harness {
 
     fn pod(&mut self, name: &str, labels: &[(&str, &str)]) -> (String, String) {
         let uid = pod_uid();
-        self.feed.apply(Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(self.ns.clone()),
-                uid: Some(uid.clone()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
+        self.feed
+            .apply(pod_object(&self.ns, name, &uid, labels, &[]));
         (name.to_string(), uid)
     }
 

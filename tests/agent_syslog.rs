@@ -10,11 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ObjectMeta;
 use logroute::agent::pods::{PodCache, PodFeed};
 use logroute::agent::{Agent, AgentArgs, RouteSource};
-use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_uid};
+use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object, pod_uid};
 use support::rsyslog::{Received, Rsyslog};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -125,27 +123,8 @@ impl Harness {
         annotations: &[(&str, &str)],
     ) -> (String, String) {
         let uid = pod_uid();
-        self.feed.apply(Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(self.ns.clone()),
-                uid: Some(uid.clone()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
+        self.feed
+            .apply(pod_object(&self.ns, name, &uid, labels, annotations));
         (name.to_string(), uid)
     }
 

@@ -128,6 +128,35 @@ pub fn sandbox_labels(
     labels
 }
 
+/// A Pod object as the API server would send it to the agent's pod reflector.
+pub fn pod_object(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Pod {
+    let map = |pairs: &[(&str, &str)]| {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    k8s_openapi::api::core::v1::Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uid.into()),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// The Docker name cri-dockerd gives a pod's container (`POD` for the sandbox).
 pub fn cri_name(container: &str, pod: &str, namespace: &str, uid: &str, attempt: u32) -> String {
     format!("k8s_{container}_{pod}_{namespace}_{uid}_{attempt}")
