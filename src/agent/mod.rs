@@ -3,6 +3,7 @@
 //! [`Agent::start`] wires the parts together; `logroute agent` and the integration
 //! tests both go through it, so the tests exercise the production path.
 
+pub mod checkpoint;
 pub mod docker;
 pub mod multiline;
 pub mod pipeline;
