@@ -240,7 +240,11 @@ impl Checkpoints {
         file.set_len((whole * BLOCK) as u64).map_err(io)?;
         let mut map = map(&file, &path)?;
         // The header.
-        let mut previous = if existed { PreviousRun::Damaged } else { PreviousRun::None };
+        let mut previous = if existed {
+            PreviousRun::Damaged
+        } else {
+            PreviousRun::None
+        };
         let mut header = (0, 1);
         match newest_copy(&map[..BLOCK]) {
             Ok(Some((seq, copy))) => {
@@ -342,10 +346,14 @@ impl Checkpoints {
         write_copy(&mut inner.map[..BLOCK], target, seq + 1, |c| {
             c[8] = 1;
             c[16..24].copy_from_slice(MAGIC);
-            put_stream(c, 24, &StreamCursor {
-                timestamp: now,
-                seen: 0,
-            });
+            put_stream(
+                c,
+                24,
+                &StreamCursor {
+                    timestamp: now,
+                    seen: 0,
+                },
+            );
         });
         inner.header = (seq + 1, target);
     }
@@ -439,10 +447,12 @@ impl Checkpoints {
         let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: HashMap<(String, String), f64> = HashMap::new();
         for lane in lanes.iter().filter_map(Weak::upgrade) {
-            let behind = lane.head_ns.load(Ordering::Relaxed)
-                - lane.accepted_ns.load(Ordering::Relaxed);
+            let behind =
+                lane.head_ns.load(Ordering::Relaxed) - lane.accepted_ns.load(Ordering::Relaxed);
             let secs = behind.max(0) as f64 / 1e9;
-            let e = out.entry((lane.route.clone(), lane.sink.clone())).or_default();
+            let e = out
+                .entry((lane.route.clone(), lane.sink.clone()))
+                .or_default();
             *e = e.max(secs);
         }
         out
@@ -546,7 +556,9 @@ mod tests {
         let opened = Checkpoints::open(dir.path()).expect("open");
         assert_eq!(opened.previous, PreviousRun::None);
         let store = opened.checkpoints;
-        let (a, start) = store.lane(ID, "ns/r", "syslog", cursor(10, 0)).expect("lane");
+        let (a, start) = store
+            .lane(ID, "ns/r", "syslog", cursor(10, 0))
+            .expect("lane");
         assert_eq!(start, cursor(10, 0));
         let (b, _) = store.lane(ID, "ns/r", "es", cursor(10, 0)).expect("lane");
         for n in 1..=5 {
@@ -583,10 +595,7 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let opened = Checkpoints::open(dir.path()).expect("reopen");
         assert!(opened.problems.is_empty(), "{:?}", opened.problems);
-        assert_eq!(
-            opened.checkpoints.get(ID, "ns/r", "s"),
-            Some(cursor(2, 1))
-        );
+        assert_eq!(opened.checkpoints.get(ID, "ns/r", "s"), Some(cursor(2, 1)));
     }
 
     #[test]
@@ -603,7 +612,10 @@ mod tests {
         let opened = Checkpoints::open(dir.path()).expect("reopen");
         assert_eq!(opened.previous, PreviousRun::Damaged);
         assert!(
-            opened.problems.iter().any(|p| p.contains("1 checkpoint slot")),
+            opened
+                .problems
+                .iter()
+                .any(|p| p.contains("1 checkpoint slot")),
             "{:?}",
             opened.problems
         );
@@ -642,6 +654,10 @@ mod tests {
             store.get(&format!("c{}", INITIAL_SLOTS + 2), "ns/r", "s"),
             Some(cursor(INITIAL_SLOTS as i64 + 2, 0))
         );
-        assert_eq!(store.containers().len(), INITIAL_SLOTS + 3, "c1.. and \"new\"");
+        assert_eq!(
+            store.containers().len(),
+            INITIAL_SLOTS + 3,
+            "c1.. and \"new\""
+        );
     }
 }

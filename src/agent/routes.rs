@@ -17,16 +17,17 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{LogRoute, ROUTE_DOCUMENT_KEY, ROUTE_LABEL};
 use crate::metrics::AgentMetrics;
-use crate::record::Record;
 use crate::route::matcher::{Filtered, RouteMatcher};
 use crate::route::{CompileEnv, CompiledRoute, SecretLookup, compile};
-use crate::sink::{Credentials, SinkClient, SinkContext, worker};
+use crate::sink::worker::{self, Queued};
+use crate::sink::{Credentials, SinkClient, SinkContext};
+use tokio_util::task::TaskTracker;
 
 /// A compiled route and the credentials its sinks need.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +39,10 @@ pub struct RouteInput {
 /// One sink of an active route: its queue and the route's pre-resolved counter.
 pub struct SinkHandle {
     pub name: String,
-    pub queue: mpsc::Sender<Arc<Record>>,
+    pub queue: mpsc::Sender<Queued>,
     pub routed: IntCounter,
+    /// Lanes of this sink that fell behind (`logroute_agent_lanes_detached`).
+    pub detached: IntGauge,
 }
 
 /// A route in force, with its sink queues.
@@ -80,6 +83,8 @@ pub struct SinkSettings {
     pub node: String,
     pub queue_records: usize,
     pub stop: CancellationToken,
+    /// Every sink worker, so that shutdown can wait for them before the final sync.
+    pub workers: TaskTracker,
 }
 
 /// Owns the table and publishes a new one on every change.
@@ -161,7 +166,8 @@ impl RouteTableManager {
             };
             let client = SinkClient::new(sink, ctx.clone())
                 .map_err(|e| format!("sink {}: {e}", sink.name))?;
-            let (queue, _handle) = worker::spawn(
+            let queue = worker::spawn(
+                &self.settings.workers,
                 client,
                 ctx,
                 self.settings.queue_records,
@@ -171,6 +177,7 @@ impl RouteTableManager {
                 name: sink.name.clone(),
                 queue,
                 routed: m.records_routed.with_label_values(&[key, &sink.name]),
+                detached: m.lanes_detached.with_label_values(&[key, &sink.name]),
             });
         }
         let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude]

@@ -1,0 +1,529 @@
+//! Lanes: what one sink of one route gets from one container, and where it stands.
+//!
+//! A container has one shared reader (the head) and one lane per (route, sink) it
+//! matched. A lane owns its multiline joiners and its position: the cursor just past the
+//! last line it queued or filtered out, never past a line still held in a joiner. Each
+//! queued record carries that position, and the sink worker checkpoints it once the
+//! sink accepted the record.
+//!
+//! Isolation: a lane never waits for its sink. When its queue is full it *detaches*: it
+//! drops its joiners (their lines are read again), keeps only its position, and the
+//! head goes on for the other lanes. Once the sink drains its queue the lane catches up
+//! with a Docker stream of its own from its position ([`Detached`]); when that stream
+//! has reached the head, the lane rejoins the head, skipping what it already took.
+//!
+//! Accounting: while detached, a lane counts the lines the head read past it
+//! (`missed`); while catching up it counts the lines it read again from that range
+//! (`recovered`). What Docker rotated away in between is the difference, counted as
+//! dropped with reason `rotated` (in lines) when the lane rejoins or its log ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::checkpoint::LaneCheckpoint;
+use crate::agent::docker::{Cursor, LogLine, StreamCursor};
+use crate::agent::multiline::{Joined, Joiner};
+use crate::agent::routes::{ActiveRoute, SinkHandle};
+use crate::api::StreamName;
+use crate::record::{ContainerInfo, Record};
+use crate::route::matcher::Filtered;
+use crate::sink::worker::{Position, Queued};
+
+/// `a` is strictly after `b` in its stream.
+pub fn later(a: &StreamCursor, b: &StreamCursor) -> bool {
+    (a.timestamp, a.seen) > (b.timestamp, b.seen)
+}
+
+/// Per stream, the later of two cursors.
+pub fn furthest(a: Cursor, b: &Cursor) -> Cursor {
+    let pick = |x: StreamCursor, y: StreamCursor| if later(&y, &x) { y } else { x };
+    Cursor {
+        stdout: pick(a.stdout, b.stdout),
+        stderr: pick(a.stderr, b.stderr),
+    }
+}
+
+/// `a` is at or after `b` on both streams.
+pub fn reached(a: &Cursor, b: &Cursor) -> bool {
+    !later(&b.stdout, &a.stdout) && !later(&b.stderr, &a.stderr)
+}
+
+fn index(s: StreamName) -> usize {
+    match s {
+        StreamName::Stdout => 0,
+        StreamName::Stderr => 1,
+    }
+}
+
+fn other(s: StreamName) -> StreamName {
+    match s {
+        StreamName::Stdout => StreamName::Stderr,
+        StreamName::Stderr => StreamName::Stdout,
+    }
+}
+
+/// The sink's queue is full: the lane must detach.
+pub struct Full;
+
+/// After a rejoin: head lines the lane already took on its own are skipped, per stream,
+/// up to the first line past `at`.
+struct Skip {
+    at: Cursor,
+    passed: [bool; 2],
+}
+
+impl Skip {
+    fn skip(&mut self, line: &LogLine) -> bool {
+        let i = index(line.stream);
+        if self.passed[i] {
+            return false;
+        }
+        if later(line.cursor.stream(line.stream), self.at.stream(line.stream)) {
+            self.passed[i] = true;
+            return false;
+        }
+        true
+    }
+}
+
+/// A running catch-up stream of a detached lane.
+pub struct CatchUp {
+    pub generation: u64,
+    pub stop: CancellationToken,
+}
+
+/// A lane that fell behind.
+pub struct Detached {
+    /// The head's position when the lane detached: lines up to it were already counted.
+    since: Cursor,
+    /// Head lines read past the lane while it was detached.
+    missed: u64,
+    /// Of those, lines the catch-up read again.
+    recovered: u64,
+    /// Per stream, the furthest line the catch-up counted (re-reads count once).
+    counted: Cursor,
+    /// Per stream, the furthest line taken in the current catch-up.
+    reached: Cursor,
+    pub catchup: Option<CatchUp>,
+    gauge: IntGauge,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if let Some(c) = &self.catchup {
+            c.stop.cancel();
+        }
+    }
+}
+
+enum Mode {
+    Live(Option<Skip>),
+    Detached(Detached),
+}
+
+/// A joiner and the cursor just past its last line.
+struct Joining {
+    joiner: Joiner,
+    last: Cursor,
+}
+
+pub struct Lane {
+    /// Unique per lane instance, to route catch-up messages.
+    pub id: u64,
+    pub route: Arc<ActiveRoute>,
+    sink: usize,
+    pub checkpoint: Arc<LaneCheckpoint>,
+    /// Just past the last line queued or filtered; never past a line held in a joiner.
+    pub pos: Cursor,
+    joiners: Option<[Joining; 2]>,
+    /// Lines were filtered out since the last entry queued: a position entry is owed.
+    owed: bool,
+    mode: Mode,
+    max_bytes: usize,
+}
+
+/// What a line did to a lane.
+pub enum Outcome {
+    Taken,
+    /// The lane detached on this line.
+    Detached,
+}
+
+impl Lane {
+    pub fn new(
+        id: u64,
+        route: Arc<ActiveRoute>,
+        sink: usize,
+        checkpoint: Arc<LaneCheckpoint>,
+        pos: Cursor,
+        max_bytes: usize,
+    ) -> Self {
+        let mut lane = Lane {
+            id,
+            route,
+            sink,
+            checkpoint,
+            pos,
+            joiners: None,
+            owed: false,
+            mode: Mode::Live(None),
+            max_bytes,
+        };
+        lane.reset_joiners();
+        lane
+    }
+
+    pub fn sink(&self) -> &SinkHandle {
+        &self.route.sinks[self.sink]
+    }
+
+    pub fn sink_name(&self) -> &str {
+        &self.sink().name
+    }
+
+    pub fn is_detached(&self) -> bool {
+        matches!(self.mode, Mode::Detached(_))
+    }
+
+    pub fn detached_mut(&mut self) -> Option<&mut Detached> {
+        match &mut self.mode {
+            Mode::Detached(d) => Some(d),
+            Mode::Live(_) => None,
+        }
+    }
+
+    /// Use another version of the same route (its sinks were rebuilt). Joiners must be
+    /// flushed before.
+    pub fn set_route(&mut self, route: Arc<ActiveRoute>, sink: usize) {
+        self.route = route;
+        self.sink = sink;
+        self.reset_joiners();
+    }
+
+    fn reset_joiners(&mut self) {
+        let max_bytes = self.max_bytes;
+        self.joiners = self.route.matcher.document.multiline.as_ref().map(|m| {
+            let joining = || Joining {
+                joiner: Joiner::new(
+                    m.max_lines,
+                    max_bytes,
+                    Duration::from_millis(m.timeout_ms.into()),
+                ),
+                last: Cursor::default(),
+            };
+            [joining(), joining()]
+        });
+    }
+
+    /// Start detached at `since`, the head's start: the lane begins behind the head.
+    pub fn start_detached(&mut self, since: Cursor) {
+        self.detach(since);
+    }
+
+    fn detach(&mut self, head: Cursor) {
+        self.reset_joiners();
+        self.owed = false;
+        let gauge = self
+            .route
+            .sinks
+            .get(self.sink)
+            .map(|s| s.detached.clone())
+            .expect("lane sink index is valid");
+        gauge.inc();
+        self.mode = Mode::Detached(Detached {
+            since: head,
+            missed: 0,
+            recovered: 0,
+            counted: head,
+            reached: self.pos,
+            catchup: None,
+            gauge,
+        });
+    }
+
+    /// A line of the shared head reader; `head` is the head's position including it.
+    pub fn head_line(
+        &mut self,
+        line: &LogLine,
+        info: &Arc<ContainerInfo>,
+        shared: &mut Option<Arc<Record>>,
+        head: &Cursor,
+        now: Instant,
+    ) -> Outcome {
+        match &mut self.mode {
+            Mode::Detached(d) => {
+                d.missed += 1;
+                return Outcome::Taken;
+            }
+            Mode::Live(skip) => {
+                if let Some(s) = skip {
+                    if s.skip(line) {
+                        return Outcome::Taken;
+                    }
+                    if s.passed == [true; 2] {
+                        *skip = None;
+                    }
+                }
+            }
+        }
+        match self.take(line, info, shared, now) {
+            Ok(()) => Outcome::Taken,
+            Err(Full) => {
+                self.detach(*head);
+                Outcome::Detached
+            }
+        }
+    }
+
+    /// A line of this lane's own catch-up stream. `Err` when the queue filled up: the
+    /// catch-up must stop; it starts again from [`Lane::pos`] later.
+    pub fn catchup_line(
+        &mut self,
+        line: &LogLine,
+        info: &Arc<ContainerInfo>,
+        head: &Cursor,
+        now: Instant,
+    ) -> Result<(), Full> {
+        let Mode::Detached(d) = &mut self.mode else {
+            return Ok(());
+        };
+        let s = line.stream;
+        let own = line.cursor.stream(s);
+        if later(own, d.counted.stream(s)) {
+            if later(own, d.since.stream(s)) && !later(own, head.stream(s)) {
+                d.recovered += 1;
+            }
+            *d.counted.stream_mut(s) = *own;
+        }
+        d.reached = furthest(d.reached, &line.cursor);
+        let result = self.take(line, info, &mut None, now);
+        if result.is_err()
+            && let Mode::Detached(d) = &mut self.mode
+        {
+            // Start over from the position; what the joiners held is read again.
+            if let Some(c) = d.catchup.take() {
+                c.stop.cancel();
+            }
+            d.reached = self.pos;
+            self.reset_joiners();
+            self.owed = false;
+        }
+        result
+    }
+
+    /// A catch-up is about to start from [`Lane::pos`].
+    pub fn catchup_started(&mut self, catchup: CatchUp) {
+        let pos = self.pos;
+        if let Mode::Detached(d) = &mut self.mode {
+            d.reached = pos;
+            d.catchup = Some(catchup);
+        }
+    }
+
+    /// Rejoin the head when the catch-up has reached it. Returns the lines lost to
+    /// rotation while detached.
+    pub fn try_rejoin(&mut self, head: &Cursor) -> Option<u64> {
+        let Mode::Detached(d) = &self.mode else {
+            return None;
+        };
+        if d.catchup.is_none() || !reached(&d.reached, head) {
+            return None;
+        }
+        let lost = d.missed.saturating_sub(d.recovered);
+        let at = d.reached;
+        self.mode = Mode::Live(Some(Skip {
+            at,
+            passed: [false; 2],
+        }));
+        Some(lost)
+    }
+
+    /// The catch-up read the log to its end (the container stopped): the lane is live
+    /// again, skipping what the head still brings up to where the catch-up got.
+    pub fn end_catchup(&mut self) {
+        if let Mode::Detached(d) = &self.mode {
+            let at = d.reached;
+            self.mode = Mode::Live(Some(Skip {
+                at,
+                passed: [false; 2],
+            }));
+        }
+    }
+
+    /// The lane's log has ended (the container stopped and was read to its end, or was
+    /// removed): lines missed and never recovered are lost. Returns their number.
+    pub fn lost_at_end(&self) -> u64 {
+        match &self.mode {
+            Mode::Detached(d) => d.missed.saturating_sub(d.recovered),
+            Mode::Live(_) => 0,
+        }
+    }
+
+    /// Route filter, joiner, message filter, queue.
+    fn take(
+        &mut self,
+        line: &LogLine,
+        info: &Arc<ContainerInfo>,
+        shared: &mut Option<Arc<Record>>,
+        now: Instant,
+    ) -> Result<(), Full> {
+        let route = self.route.clone();
+        let matcher = &route.matcher;
+        let s = line.stream;
+        if !matcher.takes_stream(s) {
+            route.filtered(Filtered::Stream).inc();
+            self.pos = self.position_after(s, &line.cursor);
+            self.owed = true;
+            return Ok(());
+        }
+        let Some(joiners) = &mut self.joiners else {
+            let record = shared
+                .get_or_insert_with(|| {
+                    Arc::new(Record {
+                        container: info.clone(),
+                        stream: s,
+                        timestamp: line.timestamp,
+                        message: line.message.clone(),
+                        truncated: line.truncated,
+                    })
+                })
+                .clone();
+            return self.offer(record, s, &line.cursor);
+        };
+        let start = matcher
+            .multiline_start
+            .as_ref()
+            .expect("multiline routes have a start");
+        let j = &mut joiners[index(s)];
+        let ended_at = j.last;
+        j.last = line.cursor;
+        match j
+            .joiner
+            .push(start, line.timestamp, &line.message, line.truncated, now)
+        {
+            Some(done) => self.offer(Arc::new(joined(info, s, done)), s, &ended_at),
+            None => Ok(()),
+        }
+    }
+
+    /// Queue a finished record whose last line ends at `end`, unless filtered.
+    fn offer(&mut self, record: Arc<Record>, s: StreamName, end: &Cursor) -> Result<(), Full> {
+        if let Some(why) = self.route.matcher.filter_message(&record.message) {
+            self.route.filtered(why).inc();
+            self.pos = self.position_after(s, end);
+            self.owed = true;
+            return Ok(());
+        }
+        let cursor = self.position_after(s, end);
+        let entry = Queued::Record(
+            record,
+            Position {
+                lane: self.checkpoint.clone(),
+                cursor,
+            },
+        );
+        match self.sink().queue.try_send(entry) {
+            Ok(()) => {
+                self.sink().routed.inc();
+                self.pos = cursor;
+                self.owed = false;
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => Err(Full),
+        }
+    }
+
+    /// The lane's position once everything up to `end` on stream `s` is dealt with: the
+    /// other stream moves up too unless its joiner still holds lines.
+    fn position_after(&self, s: StreamName, end: &Cursor) -> Cursor {
+        let mut p = self.pos;
+        *p.stream_mut(s) = *end.stream(s);
+        let o = other(s);
+        let held = self
+            .joiners
+            .as_ref()
+            .is_some_and(|j| j[index(o)].joiner.deadline().is_some());
+        if !held && later(end.stream(o), p.stream(o)) {
+            *p.stream_mut(o) = *end.stream(o);
+        }
+        p
+    }
+
+    /// After a batch: queue the position owed for filtered lines, if there is room.
+    pub fn settle(&mut self) {
+        if !self.owed {
+            return;
+        }
+        let entry = Queued::Position(Position {
+            lane: self.checkpoint.clone(),
+            cursor: self.pos,
+        });
+        if self.sink().queue.try_send(entry).is_ok() {
+            self.owed = false;
+        }
+    }
+
+    /// When a joiner must emit its record if no line comes first.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.is_detached() {
+            return None;
+        }
+        self.joiners
+            .iter()
+            .flatten()
+            .filter_map(|j| j.joiner.deadline())
+            .min()
+    }
+
+    /// Emit what the joiners hold when due (`all`: everything, e.g. at the log's end).
+    pub fn flush(&mut self, info: &Arc<ContainerInfo>, head: &Cursor, now: Instant, all: bool) {
+        if self.is_detached() {
+            return;
+        }
+        for s in [StreamName::Stdout, StreamName::Stderr] {
+            let Some(joiners) = &mut self.joiners else {
+                return;
+            };
+            let j = &mut joiners[index(s)];
+            if !all && j.joiner.deadline().is_none_or(|d| d > now) {
+                continue;
+            }
+            let Some(done) = j.joiner.flush() else {
+                continue;
+            };
+            let end = j.last;
+            if self
+                .offer(Arc::new(joined(info, s, done)), s, &end)
+                .is_err()
+            {
+                self.detach(*head);
+                return;
+            }
+        }
+    }
+
+    /// Queue the end of this lane (waiting for room): its checkpoint is freed once the
+    /// sink reached it. False when `stop` came first.
+    pub async fn finish(&self, stop: &CancellationToken) -> bool {
+        let entry = Queued::Done(self.checkpoint.clone());
+        tokio::select! {
+            sent = self.sink().queue.send(entry) => sent.is_ok(),
+            _ = stop.cancelled() => false,
+        }
+    }
+}
+
+fn joined(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {
+    Record {
+        container: info.clone(),
+        stream,
+        timestamp: j.timestamp,
+        message: j.message,
+        truncated: j.truncated,
+    }
+}
