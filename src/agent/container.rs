@@ -248,9 +248,7 @@ impl Following {
             self.head = furthest(self.head, &line.cursor);
             let mut shared = None;
             for lane in &mut self.lanes {
-                if let Outcome::Detached =
-                    lane.head_line(line, &self.info, &mut shared, &self.head, now)
-                {
+                if let Outcome::Detached = lane.head_line(line, &self.info, &mut shared, now) {
                     tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue full: this sink falls behind on this container and will catch up from Docker; its other sinks go on");
                 }
             }
@@ -266,7 +264,7 @@ impl Following {
     fn flush(&mut self, all: bool) {
         let now = Instant::now();
         for lane in &mut self.lanes {
-            lane.flush(&self.info, &self.head, now, all);
+            lane.flush(&self.info, now, all);
         }
     }
 
@@ -367,7 +365,7 @@ impl Following {
                         let lost = lane.lost_at_end();
                         count_lost(&self.ctx, lane, lost, "rotated");
                         lane.end_catchup();
-                        lane.flush(&self.info, &self.head, Instant::now(), true);
+                        lane.flush(&self.info, Instant::now(), true);
                         if !lane.is_detached() {
                             let lane = self.lanes.swap_remove(at);
                             lane.finish(&self.ctx.stop).await;

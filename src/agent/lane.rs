@@ -98,13 +98,14 @@ pub struct CatchUp {
 
 /// A lane that fell behind.
 pub struct Detached {
-    /// The head's position when the lane detached: lines up to it were already counted.
-    since: Cursor,
-    /// Head lines read past the lane while it was detached.
+    /// Lines past the lane's position that it has not got: those it had consumed but not
+    /// covered (held in a joiner, or the line whose record did not fit), then every
+    /// line the head read while the lane was detached.
     missed: u64,
     /// Of those, lines the catch-up read again.
     recovered: u64,
-    /// Per stream, the furthest line the catch-up counted (re-reads count once).
+    /// Per stream, the furthest line the catch-up counted (re-reads count once); lines
+    /// up to it are not among `missed`.
     counted: Cursor,
     /// Per stream, the furthest line taken in the current catch-up.
     reached: Cursor,
@@ -143,6 +144,8 @@ pub struct Lane {
     joiners: Option<[Joining; 2]>,
     /// Lines were filtered out since the last entry queued: a position entry is owed.
     owed: bool,
+    /// Lines consumed that `pos` does not cover yet (held in joiners).
+    held: u64,
     mode: Mode,
     max_bytes: usize,
 }
@@ -171,6 +174,7 @@ impl Lane {
             pos,
             joiners: None,
             owed: false,
+            held: 0,
             mode: Mode::Live(None),
             max_bytes,
         };
@@ -220,14 +224,19 @@ impl Lane {
         });
     }
 
-    /// Start detached at `since`, the head's start: the lane begins behind the head.
-    pub fn start_detached(&mut self, since: Cursor) {
-        self.detach(since);
+    /// Start detached behind `head`, where the head starts: lines up to it are not
+    /// read by the head, so none of them counts as missed.
+    pub fn start_detached(&mut self, head: Cursor) {
+        self.held = 0;
+        self.detach(head);
     }
 
-    fn detach(&mut self, head: Cursor) {
+    /// Fall behind: lines past `counted` on each stream are counted as missed until
+    /// the catch-up reads them again.
+    fn detach(&mut self, counted: Cursor) {
         self.reset_joiners();
         self.owed = false;
+        let missed = std::mem::take(&mut self.held);
         let gauge = self
             .route
             .sinks
@@ -236,23 +245,21 @@ impl Lane {
             .expect("lane sink index is valid");
         gauge.inc();
         self.mode = Mode::Detached(Detached {
-            since: head,
-            missed: 0,
+            missed,
             recovered: 0,
-            counted: head,
+            counted,
             reached: self.pos,
             catchup: None,
             gauge,
         });
     }
 
-    /// A line of the shared head reader; `head` is the head's position including it.
+    /// A line of the shared head reader.
     pub fn head_line(
         &mut self,
         line: &LogLine,
         info: &Arc<ContainerInfo>,
         shared: &mut Option<Arc<Record>>,
-        head: &Cursor,
         now: Instant,
     ) -> Outcome {
         match &mut self.mode {
@@ -274,7 +281,7 @@ impl Lane {
         match self.take(line, info, shared, now) {
             Ok(()) => Outcome::Taken,
             Err(Full) => {
-                self.detach(*head);
+                self.detach(self.pos);
                 Outcome::Detached
             }
         }
@@ -295,7 +302,7 @@ impl Lane {
         let s = line.stream;
         let own = line.cursor.stream(s);
         if later(own, d.counted.stream(s)) {
-            if later(own, d.since.stream(s)) && !later(own, head.stream(s)) {
+            if !later(own, head.stream(s)) {
                 d.recovered += 1;
             }
             *d.counted.stream_mut(s) = *own;
@@ -312,6 +319,7 @@ impl Lane {
             d.reached = self.pos;
             self.reset_joiners();
             self.owed = false;
+            self.held = 0;
         }
         result
     }
@@ -375,10 +383,12 @@ impl Lane {
         let route = self.route.clone();
         let matcher = &route.matcher;
         let s = line.stream;
+        self.held += 1;
         if !matcher.takes_stream(s) {
             route.filtered(Filtered::Stream).inc();
             self.pos = self.position_after(s, &line.cursor);
             self.owed = true;
+            self.held -= 1;
             return Ok(());
         }
         let Some(joiners) = &mut self.joiners else {
@@ -393,7 +403,7 @@ impl Lane {
                     })
                 })
                 .clone();
-            return self.offer(record, s, &line.cursor);
+            return self.offer(record, s, &line.cursor, 1);
         };
         let start = matcher
             .multiline_start
@@ -406,17 +416,28 @@ impl Lane {
             .joiner
             .push(start, line.timestamp, &line.message, line.truncated, now)
         {
-            Some(done) => self.offer(Arc::new(joined(info, s, done)), s, &ended_at),
+            Some(done) => {
+                let lines = done.lines.into();
+                self.offer(Arc::new(joined(info, s, done)), s, &ended_at, lines)
+            }
             None => Ok(()),
         }
     }
 
-    /// Queue a finished record whose last line ends at `end`, unless filtered.
-    fn offer(&mut self, record: Arc<Record>, s: StreamName, end: &Cursor) -> Result<(), Full> {
+    /// Queue a finished record of `lines` lines, whose last line ends at `end`, unless
+    /// filtered.
+    fn offer(
+        &mut self,
+        record: Arc<Record>,
+        s: StreamName,
+        end: &Cursor,
+        lines: u64,
+    ) -> Result<(), Full> {
         if let Some(why) = self.route.matcher.filter_message(&record.message) {
             self.route.filtered(why).inc();
             self.pos = self.position_after(s, end);
             self.owed = true;
+            self.held = self.held.saturating_sub(lines);
             return Ok(());
         }
         let cursor = self.position_after(s, end);
@@ -432,6 +453,7 @@ impl Lane {
                 self.sink().routed.inc();
                 self.pos = cursor;
                 self.owed = false;
+                self.held = self.held.saturating_sub(lines);
                 Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => Err(Full),
@@ -481,7 +503,7 @@ impl Lane {
     }
 
     /// Emit what the joiners hold when due (`all`: everything, e.g. at the log's end).
-    pub fn flush(&mut self, info: &Arc<ContainerInfo>, head: &Cursor, now: Instant, all: bool) {
+    pub fn flush(&mut self, info: &Arc<ContainerInfo>, now: Instant, all: bool) {
         if self.is_detached() {
             return;
         }
@@ -497,11 +519,12 @@ impl Lane {
                 continue;
             };
             let end = j.last;
+            let lines = done.lines.into();
             if self
-                .offer(Arc::new(joined(info, s, done)), s, &end)
+                .offer(Arc::new(joined(info, s, done)), s, &end, lines)
                 .is_err()
             {
-                self.detach(*head);
+                self.detach(self.pos);
                 return;
             }
         }
