@@ -9,24 +9,22 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::CreateContainerOptions;
 use serde_json::json;
+use tokio::sync::Mutex;
 
 use support::agent_proc::AgentProc;
 use support::docker::{Spec, TestContainer, busybox_image, docker, pod_labels, pod_uid};
 use support::osmem::{self, Osmem};
 use support::rsyslog::Rsyslog;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Taken by every test of this file (each runs on its own runtime; tokio's mutex works
+/// across them).
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn large() -> bool {
     std::env::var("LOGROUTE_LARGE").is_ok_and(|v| v == "1")
@@ -292,7 +290,7 @@ fn tail(text: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_stream_loses_and_repeats_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     // (containers, lines each, lines per chunk, pause per chunk, kills)
     let (containers, lines, chunk, pause_ms, kills) = if large() {
         (4, 50_000, 500, 50, 5)
@@ -359,7 +357,7 @@ async fn kill_9_during_a_stream_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_syslog_outage_does_not_hold_elasticsearch_back() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let outage = Duration::from_secs(if large() { 30 } else { 10 });
     let Some(mut s) = setup("outage", SYSLOG_AND_ES, true).await else {
         return;
@@ -422,7 +420,7 @@ async fn a_syslog_outage_does_not_hold_elasticsearch_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dockerd_restart_during_catch_up_loses_and_repeats_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     if !Path::new(support::dockerd::PID_FILE).exists() {
         support::env::missing("a dockerd this test may restart", "no /var/run/docker.pid");
         return;
@@ -462,7 +460,7 @@ async fn a_dockerd_restart_during_catch_up_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_rotated_away_before_catch_up_are_counted_as_lost() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let Some(mut s) = setup("rotate", SYSLOG_ONLY, false).await else {
         return;
     };
@@ -520,7 +518,7 @@ async fn lines_rotated_away_before_catch_up_are_counted_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_checkpoint_file_is_reported_and_not_trusted() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let Some(s) = setup("damaged", SYSLOG_ONLY, false).await else {
         return;
     };
