@@ -11,3 +11,4 @@ pub mod env;
 pub mod nginx;
 pub mod osmem;
 pub mod rsyslog;
+pub mod suspend;
