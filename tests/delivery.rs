@@ -669,6 +669,7 @@ async fn a_damaged_checkpoint_file_is_reported_and_not_trusted() {
             _ => bytes.truncate(300),
         }
         std::fs::write(&path, &bytes).expect("damage checkpoint file");
+        let before = s.received().len();
         agent.restart();
         let log = agent.log();
         assert!(
@@ -676,7 +677,6 @@ async fn a_damaged_checkpoint_file_is_reported_and_not_trusted() {
             "{damage}: no clear warning naming {}; log:\n{log}",
             path.display()
         );
-        let before = s.received().len();
         // The safe point is the beginning of the log Docker still holds: every line
         // again, none lost.
         let got = wait_received(&s, &agent, before + lines, Duration::from_secs(60));
