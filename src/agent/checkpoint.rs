@@ -106,6 +106,10 @@ pub struct Checkpoints {
 pub struct LaneCheckpoint {
     store: Arc<Checkpoints>,
     slot: usize,
+    /// Whose slot it is: a released slot may be claimed by another lane, and late
+    /// entries of this lane must not move that lane's position.
+    container: String,
+    hash: u64,
     pub route: String,
     pub sink: String,
     /// Newest timestamp (ns since the epoch) read from the container, for lag.
@@ -416,6 +420,8 @@ impl Checkpoints {
         let lane = Arc::new(LaneCheckpoint {
             store: self.clone(),
             slot,
+            container: container.to_string(),
+            hash,
             route: route.to_string(),
             sink: sink.to_string(),
             head_ns: AtomicI64::new(nanos(cursor.latest())),
@@ -515,7 +521,7 @@ impl LaneCheckpoint {
     /// The sink accepted everything up to `cursor`.
     pub fn advance(&self, cursor: Cursor) {
         let mut inner = self.store.lock();
-        if inner.slots[self.slot].used {
+        if self.owns(&inner) {
             write_slot(&mut inner, self.slot, cursor);
         }
         drop(inner);
@@ -527,9 +533,14 @@ impl LaneCheckpoint {
     /// counted): the slot is free for another lane.
     pub fn release(&self) {
         let mut inner = self.store.lock();
-        if inner.slots[self.slot].used {
+        if self.owns(&inner) {
             free_slot(&mut inner, self.slot);
         }
+    }
+
+    fn owns(&self, inner: &Inner) -> bool {
+        let slot = &inner.slots[self.slot];
+        slot.used && slot.lane == self.hash && slot.container == self.container
     }
 
     /// The newest line read from the container (lag is measured against it).
@@ -648,6 +659,9 @@ mod tests {
         lanes[0].release();
         let (again, _) = store.lane("new", "ns/r", "s", cursor(1, 0)).expect("lane");
         assert_eq!(again.slot, 0);
+        // A late entry of the released lane leaves the slot's new owner alone.
+        lanes[0].advance(cursor(99, 9));
+        assert_eq!(store.get("new", "ns/r", "s"), Some(cursor(1, 0)));
         drop((lanes, again, store));
         let store = Checkpoints::open(dir.path()).expect("reopen").checkpoints;
         assert_eq!(

@@ -568,3 +568,70 @@ fn joined(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {
         truncated: j.truncated,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Timestamp;
+
+    fn sc(secs: i64, seen: u32) -> StreamCursor {
+        StreamCursor {
+            timestamp: Timestamp { secs, nanos: 0 },
+            seen,
+        }
+    }
+
+    fn line(stream: StreamName, stdout: StreamCursor, stderr: StreamCursor) -> LogLine {
+        LogLine {
+            stream,
+            timestamp: Timestamp::default(),
+            message: String::new(),
+            truncated: false,
+            cursor: Cursor { stdout, stderr },
+        }
+    }
+
+    #[test]
+    fn positions_order_by_time_then_frames_seen() {
+        assert!(later(&sc(2, 0), &sc(1, 9)));
+        assert!(later(&sc(1, 2), &sc(1, 1)));
+        assert!(!later(&sc(1, 1), &sc(1, 1)));
+        let a = Cursor {
+            stdout: sc(5, 1),
+            stderr: sc(1, 0),
+        };
+        let b = Cursor {
+            stdout: sc(4, 0),
+            stderr: sc(3, 2),
+        };
+        let f = furthest(a, &b);
+        assert_eq!((f.stdout, f.stderr), (sc(5, 1), sc(3, 2)));
+        assert!(reached(&f, &a) && reached(&f, &b));
+        assert!(!reached(&a, &b), "behind on stderr");
+    }
+
+    #[test]
+    fn after_a_rejoin_lines_already_taken_are_skipped_per_stream() {
+        let mut skip = Skip {
+            at: Cursor {
+                stdout: sc(10, 2),
+                stderr: sc(8, 1),
+            },
+            passed: [false; 2],
+        };
+        let out = StreamName::Stdout;
+        let err = StreamName::Stderr;
+        assert!(skip.skip(&line(out, sc(10, 1), sc(8, 1))));
+        assert!(skip.skip(&line(out, sc(10, 2), sc(8, 1))));
+        assert!(
+            !skip.skip(&line(out, sc(10, 3), sc(8, 1))),
+            "first new stdout line"
+        );
+        // Once past, every later stdout line is new, even one stamped earlier (a clock
+        // step), while stderr is still filtered on its own.
+        assert!(!skip.skip(&line(out, sc(9, 1), sc(8, 1))));
+        assert!(skip.skip(&line(err, sc(10, 3), sc(8, 1))));
+        assert!(!skip.skip(&line(err, sc(10, 3), sc(11, 1))));
+        assert_eq!(skip.passed, [true; 2]);
+    }
+}

@@ -223,3 +223,61 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod accepted_tests {
+    use super::*;
+    use crate::agent::checkpoint::Checkpoints;
+    use crate::record::{ContainerInfo, Timestamp};
+
+    fn at(secs: i64) -> Cursor {
+        Cursor::at(Timestamp { secs, nanos: 0 })
+    }
+
+    fn record() -> Arc<Record> {
+        Arc::new(Record {
+            container: Arc::new(ContainerInfo::default()),
+            stream: crate::api::StreamName::Stdout,
+            timestamp: Timestamp::default(),
+            message: String::new(),
+            truncated: false,
+        })
+    }
+
+    #[test]
+    fn only_the_accepted_prefix_moves_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::open(dir.path()).expect("open").checkpoints;
+        let (a, _) = store.lane("a", "ns/r", "s", at(1)).expect("lane");
+        let (b, _) = store.lane("b", "ns/r", "s", at(1)).expect("lane");
+        let rec = |lane: &Arc<LaneCheckpoint>, secs| {
+            Queued::Record(
+                record(),
+                Position {
+                    lane: lane.clone(),
+                    cursor: at(secs),
+                },
+            )
+        };
+        let batch = vec![
+            Queued::Position(Position {
+                lane: b.clone(),
+                cursor: at(5),
+            }),
+            rec(&a, 10),
+            rec(&b, 11),
+            rec(&a, 12),
+            Queued::Done(b.clone()),
+        ];
+        assert_eq!(nth_record_end(&batch, 0), 1);
+        assert_eq!(nth_record_end(&batch, 2), 3);
+        // The sink took two records: a@10 and b@11, not a@12.
+        accepted(&batch[..nth_record_end(&batch, 2)]);
+        assert_eq!(store.get("a", "ns/r", "s"), Some(at(10)));
+        assert_eq!(store.get("b", "ns/r", "s"), Some(at(11)));
+        // The rest: a@12, then b is done and its slot freed.
+        accepted(&batch[3..]);
+        assert_eq!(store.get("a", "ns/r", "s"), Some(at(12)));
+        assert_eq!(store.get("b", "ns/r", "s"), None);
+    }
+}
