@@ -64,7 +64,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
         container: container.clone(),
         info: Arc::new(info),
         lanes: Vec::new(),
-        head: ctx.start,
+        head: default_start(&ctx, &container),
         catch_tx,
         generation: 0,
         head_done: false,
@@ -109,11 +109,11 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
                     match (&mut reader).await {
                         Ok(Ok(_)) if !ctx.stop.is_cancelled() => {
                             tracing::info!(container = %container.name, "container log read to the end");
-                            f.end_live_lanes().await;
+                            f.end_live_lanes();
                         }
                         Ok(Err(e @ DockerError::ContainerGone { .. })) => {
                             tracing::warn!(container = %container.name, error = %e, "container removed");
-                            f.end_live_lanes().await;
+                            f.end_live_lanes();
                         }
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => {
@@ -127,7 +127,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
                     }
                 }
             },
-            Some(msg) = catch_rx.recv() => f.catchup_message(msg).await,
+            Some(msg) = catch_rx.recv() => f.catchup_message(msg),
             changed = routes_rx.changed() => {
                 if changed.is_err() { break; }
                 let table = routes_rx.borrow_and_update().clone();
@@ -271,17 +271,12 @@ impl Following {
     }
 
     /// The head read the whole log: live lanes emit what their joiners hold and end.
-    async fn end_live_lanes(&mut self) {
+    /// Their checkpoints stay (at the log's end) until the container is removed, so that
+    /// a restarted agent neither re-reads the log nor mistakes a finished lane for a
+    /// new one.
+    fn end_live_lanes(&mut self) {
         self.flush(true);
-        let mut kept = Vec::new();
-        for lane in std::mem::take(&mut self.lanes) {
-            if lane.is_detached() {
-                kept.push(lane);
-            } else {
-                lane.finish(&self.ctx.stop).await;
-            }
-        }
-        self.lanes = kept;
+        self.lanes.retain(Lane::is_detached);
     }
 
     /// Start catch-up streams for detached lanes whose sink has room again, as far as
@@ -321,7 +316,7 @@ impl Following {
         }
     }
 
-    async fn catchup_message(&mut self, msg: CatchMsg) {
+    fn catchup_message(&mut self, msg: CatchMsg) {
         let (id, generation) = match &msg {
             CatchMsg::Lines {
                 lane, generation, ..
@@ -372,16 +367,14 @@ impl Following {
                         lane.end_catchup();
                         lane.flush(&self.info, Instant::now(), true);
                         if !lane.is_detached() {
-                            let lane = self.lanes.swap_remove(at);
-                            lane.finish(&self.ctx.stop).await;
+                            self.lanes.swap_remove(at);
                         }
                     }
                     Err(e) if e.is_permanent() => {
                         let lost = lane.lost_at_end();
                         count_lost(&self.ctx, lane, lost, "removed");
                         tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, lost, "catch-up ended");
-                        let lane = self.lanes.swap_remove(at);
-                        lane.checkpoint.release();
+                        self.lanes.swap_remove(at);
                     }
                     Err(e) => {
                         tracing::warn!(container = %self.container.name, error = %e, "catch-up failed; retrying");
@@ -392,6 +385,27 @@ impl Following {
                 }
             }
         }
+    }
+}
+
+/// Where lanes of `container` without a checkpoint start: the agent's start point, but
+/// never before the container's current run began (less a second for lines stamped
+/// while dockerd was recording the start), so that a restarted container's previous run
+/// is not sent again.
+fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
+    match container.started_at {
+        Some(t) => {
+            let run = Cursor::at(crate::record::Timestamp {
+                secs: t.secs - 1,
+                nanos: t.nanos,
+            });
+            if reached(&run, &ctx.start) {
+                run
+            } else {
+                ctx.start
+            }
+        }
+        None => ctx.start,
     }
 }
 

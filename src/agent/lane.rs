@@ -547,16 +547,6 @@ impl Lane {
             }
         }
     }
-
-    /// Queue the end of this lane (waiting for room): its checkpoint is freed once the
-    /// sink reached it. False when `stop` came first.
-    pub async fn finish(&self, stop: &CancellationToken) -> bool {
-        let entry = Queued::Done(self.checkpoint.clone());
-        tokio::select! {
-            sent = self.sink().queue.send(entry) => sent.is_ok(),
-            _ = stop.cancelled() => false,
-        }
-    }
 }
 
 fn joined(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {

@@ -83,8 +83,14 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while let Some(event) = events.recv().await {
         tasks.retain(|_, t| !t.is_finished());
-        let ContainerEvent::Running(container) = event else {
-            continue;
+        let container = match event {
+            ContainerEvent::Running(container) => container,
+            ContainerEvent::Removed { id } => {
+                // Its log is gone: so are its checkpoints.
+                ctx.checkpoints.forget_container(&id);
+                continue;
+            }
+            ContainerEvent::Stopped { .. } => continue,
         };
         if tasks.contains_key(&container.id) {
             continue;

@@ -42,8 +42,6 @@ pub enum Queued {
     /// A position without a record: the lane's lines up to here were filtered out. Lets
     /// the checkpoint move past a long filtered stretch.
     Position(Position),
-    /// The lane's container was read to its end: free its checkpoint when reached.
-    Done(Arc<LaneCheckpoint>),
 }
 
 impl Queued {
@@ -80,25 +78,15 @@ pub fn spawn(
     tx
 }
 
-/// Advance the checkpoints of the lanes in `entries` (all accepted), and free those of
-/// lanes that are done.
+/// Advance the checkpoints of the lanes in `entries` (all accepted).
 fn accepted(entries: &[Queued]) {
     // A batch holds few lanes: the last position per lane, found by linear search.
     let mut last: Vec<&Position> = Vec::new();
     for entry in entries {
-        match entry {
-            Queued::Record(_, p) | Queued::Position(p) => {
-                match last.iter_mut().find(|l| Arc::ptr_eq(&l.lane, &p.lane)) {
-                    Some(l) => *l = p,
-                    None => last.push(p),
-                }
-            }
-            Queued::Done(lane) => {
-                if let Some(at) = last.iter().position(|l| Arc::ptr_eq(&l.lane, lane)) {
-                    last.swap_remove(at);
-                }
-                lane.release();
-            }
+        let (Queued::Record(_, p) | Queued::Position(p)) = entry;
+        match last.iter_mut().find(|l| Arc::ptr_eq(&l.lane, &p.lane)) {
+            Some(l) => *l = p,
+            None => last.push(p),
         }
     }
     for p in last {
@@ -267,7 +255,6 @@ mod accepted_tests {
             rec(&a, 10),
             rec(&b, 11),
             rec(&a, 12),
-            Queued::Done(b.clone()),
         ];
         assert_eq!(nth_record_end(&batch, 0), 1);
         assert_eq!(nth_record_end(&batch, 2), 3);
@@ -275,9 +262,8 @@ mod accepted_tests {
         accepted(&batch[..nth_record_end(&batch, 2)]);
         assert_eq!(store.get("a", "ns/r", "s"), Some(at(10)));
         assert_eq!(store.get("b", "ns/r", "s"), Some(at(11)));
-        // The rest: a@12, then b is done and its slot freed.
         accepted(&batch[3..]);
         assert_eq!(store.get("a", "ns/r", "s"), Some(at(12)));
-        assert_eq!(store.get("b", "ns/r", "s"), None);
+        assert_eq!(store.get("b", "ns/r", "s"), Some(at(11)));
     }
 }
