@@ -429,6 +429,15 @@ impl Drop for Streaming {
     }
 }
 
+/// Gives back, when dropped, the count a catch-up took out of `containers_followed`.
+struct NotCounted(prometheus::IntGauge);
+
+impl Drop for NotCounted {
+    fn drop(&mut self) {
+        self.0.inc();
+    }
+}
+
 /// Read the container's log from `from` for one lane and hand it to the container task,
 /// waiting for room in the sink's queue before each batch so that the lane does not
 /// fill it again at once.
@@ -445,6 +454,10 @@ async fn catch_up(
 ) {
     ctx.metrics.catchup_streams.inc();
     let _streaming = Streaming(ctx.metrics.catchup_streams.clone());
+    // `follow` counts itself in `containers_followed`; a catch-up reads a container that
+    // its shared reader already counts, so it takes itself out again.
+    ctx.metrics.containers_followed.dec();
+    let _not_counted = NotCounted(ctx.metrics.containers_followed.clone());
     let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(1);
     let read = {
         let (ctx, stop) = (ctx.clone(), stop.clone());

@@ -78,6 +78,20 @@ pub fn spawn(
     tx
 }
 
+/// Records per send, so that the checkpoint follows the sink closely. A sink that cannot
+/// tell a resend from a new record (syslog, stdout) gets small sends: an agent killed
+/// after a send was written but before its checkpoint was stored repeats at most that
+/// send, and a send this small is one socket write unless the receiver is backed up.
+/// Elasticsearch deduplicates resends by `_id`, so it keeps whole batches.
+pub const NON_IDEMPOTENT_STEP: usize = 64;
+
+fn checkpoint_step(client: &SinkClient) -> usize {
+    match client {
+        SinkClient::Elasticsearch(_) => MAX_BATCH,
+        SinkClient::Syslog(_) | SinkClient::Stdout(_) => NON_IDEMPOTENT_STEP,
+    }
+}
+
 /// Advance the checkpoints of the lanes in `entries` (all accepted).
 fn accepted(entries: &[Queued]) {
     // A batch holds few lanes: the last position per lane, found by linear search.
@@ -101,6 +115,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     let kind = client.kind();
+    let step = checkpoint_step(&client);
     let depth = ctx
         .metrics
         .queue_depth
@@ -127,13 +142,14 @@ async fn run(
         let mut done = 0;
         let mut attempt = 0;
         loop {
-            let result = if done < records.len() {
-                client.send(&records[done..]).await
+            let end = (done + step).min(records.len());
+            let result = if done < end {
+                client.send(&records[done..end]).await
             } else {
                 Ok(())
             };
             let (newly, failure) = match result {
-                Ok(()) => (records.len() - done, None),
+                Ok(()) => (end - done, None),
                 Err(f) => (f.accepted, Some(f.error)),
             };
             done += newly;
@@ -147,7 +163,10 @@ async fn run(
             accepted(&batch[checkpointed..upto]);
             checkpointed = upto;
             let Some(error) = failure else {
-                break;
+                if done == records.len() {
+                    break;
+                }
+                continue;
             };
             attempt += 1;
             ctx.metrics
