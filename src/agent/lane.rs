@@ -562,7 +562,11 @@ fn joined(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::checkpoint::Checkpoints;
+    use crate::metrics::AgentMetrics;
     use crate::record::Timestamp;
+    use crate::route::matcher::RouteMatcher;
+    use tokio::sync::mpsc;
 
     fn sc(secs: i64, seen: u32) -> StreamCursor {
         StreamCursor {
@@ -623,5 +627,143 @@ mod tests {
         assert!(skip.skip(&line(err, sc(10, 3), sc(8, 1))));
         assert!(!skip.skip(&line(err, sc(10, 3), sc(11, 1))));
         assert_eq!(skip.passed, [true; 2]);
+    }
+
+    const ROUTE: &str = r#"
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {name: r, namespace: ns}
+spec:
+  sinks:
+  - name: out
+    stdout: {}
+"#;
+
+    /// A lane of a one-sink route whose queue (of `capacity`) the test drains itself.
+    fn lane(capacity: usize) -> (Lane, mpsc::Receiver<Queued>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("route.yaml");
+        std::fs::write(&file, ROUTE).expect("write route");
+        let inputs = crate::agent::routes::load_file(&file, "logroute-system", None)
+            .expect("route compiles");
+        let document = inputs.into_values().next().expect("one route").document;
+        let metrics = AgentMetrics::new(&prometheus::Registry::new());
+        let (queue, rx) = mpsc::channel(capacity);
+        let sink = SinkHandle {
+            name: "out".into(),
+            queue,
+            routed: metrics.records_routed.with_label_values(&["ns/r", "out"]),
+            detached: metrics.lanes_detached.with_label_values(&["ns/r", "out"]),
+        };
+        let matcher = RouteMatcher::new(document).expect("matcher");
+        let route = Arc::new(ActiveRoute::new("ns/r", matcher, vec![sink], &metrics));
+        let store = Checkpoints::open(&dir.path().join("state"))
+            .expect("checkpoints")
+            .checkpoints;
+        let (checkpoint, pos) = store
+            .lane("c1", "ns/r", "out", Cursor::default())
+            .expect("slot");
+        (Lane::new(1, route, 0, checkpoint, pos, 1 << 20), rx, dir)
+    }
+
+    /// Stdout line `n` (stamped second `n`).
+    fn nth(n: i64) -> LogLine {
+        let mut l = line(StreamName::Stdout, sc(n, 1), sc(0, 0));
+        l.message = format!("line {n}");
+        l
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Queued>) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        while let Ok(entry) = rx.try_recv() {
+            if let Queued::Record(r, p) = entry {
+                out.push((r.message.clone(), p.cursor.stdout.timestamp.secs));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_full_queue_detaches_the_lane_which_catches_up_counts_rotation_and_rejoins() {
+        let (mut lane, mut rx, _dir) = lane(2);
+        let info = Arc::new(ContainerInfo::default());
+        let now = Instant::now();
+        let mut head = Cursor::default();
+        let mut feed_head = |lane: &mut Lane, n: i64| {
+            let l = nth(n);
+            head = furthest(head, &l.cursor);
+            lane.head_line(&l, &info, &mut None, now)
+        };
+        assert!(matches!(feed_head(&mut lane, 1), Outcome::Taken));
+        assert!(matches!(feed_head(&mut lane, 2), Outcome::Taken));
+        assert!(matches!(feed_head(&mut lane, 3), Outcome::Detached));
+        for n in 4..=6 {
+            feed_head(&mut lane, n);
+        }
+        assert_eq!(
+            drain(&mut rx),
+            vec![("line 1".into(), 1), ("line 2".into(), 2)],
+            "each record carries the position just past it"
+        );
+        assert_eq!(
+            lane.pos.stdout,
+            sc(2, 1),
+            "the position stops at the last queued line"
+        );
+
+        // Catching up from line 2: lines 3 and 4 were rotated away meanwhile.
+        let head = nth(6).cursor;
+        lane.catchup_started(CatchUp {
+            generation: 1,
+            stop: CancellationToken::new(),
+        });
+        for n in [5, 6] {
+            assert!(lane.catchup_line(&nth(n), &info, &head, now).is_ok());
+        }
+        assert_eq!(lane.try_rejoin(&head), Some(2), "lines 3 and 4 are lost");
+        assert_eq!(
+            drain(&mut rx),
+            vec![("line 5".into(), 5), ("line 6".into(), 6)]
+        );
+        // Back on the head: a line it already took is skipped, the next one is new.
+        lane.head_line(&nth(6), &info, &mut None, now);
+        lane.head_line(&nth(7), &info, &mut None, now);
+        assert_eq!(drain(&mut rx), vec![("line 7".into(), 7)]);
+        assert!(!lane.is_detached());
+    }
+
+    #[test]
+    fn a_catch_up_that_fills_the_queue_again_starts_over_from_the_position() {
+        let (mut lane, mut rx, _dir) = lane(1);
+        let info = Arc::new(ContainerInfo::default());
+        let now = Instant::now();
+        lane.head_line(&nth(1), &info, &mut None, now);
+        lane.head_line(&nth(2), &info, &mut None, now); // detaches
+        assert_eq!(drain(&mut rx).len(), 1);
+        let head = nth(4).cursor;
+        lane.head_line(&nth(3), &info, &mut None, now);
+        lane.head_line(&nth(4), &info, &mut None, now);
+        lane.catchup_started(CatchUp {
+            generation: 1,
+            stop: CancellationToken::new(),
+        });
+        assert!(lane.catchup_line(&nth(2), &info, &head, now).is_ok());
+        assert!(
+            lane.catchup_line(&nth(3), &info, &head, now).is_err(),
+            "queue full"
+        );
+        assert_eq!(lane.pos.stdout, sc(2, 1));
+        assert!(lane.detached_mut().is_some_and(|d| d.catchup.is_none()));
+        assert_eq!(drain(&mut rx), vec![("line 2".into(), 2)]);
+        // The next catch-up reads line 3 again; nothing is lost, nothing counted twice.
+        lane.catchup_started(CatchUp {
+            generation: 2,
+            stop: CancellationToken::new(),
+        });
+        assert!(lane.catchup_line(&nth(3), &info, &head, now).is_ok());
+        assert_eq!(drain(&mut rx), vec![("line 3".into(), 3)]);
+        assert!(lane.catchup_line(&nth(4), &info, &head, now).is_ok());
+        assert_eq!(lane.try_rejoin(&head), Some(0));
+        assert_eq!(drain(&mut rx), vec![("line 4".into(), 4)]);
     }
 }

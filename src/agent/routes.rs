@@ -54,6 +54,26 @@ pub struct ActiveRoute {
 }
 
 impl ActiveRoute {
+    /// A route over ready sink handles; its filter counters are registered in `metrics`.
+    pub fn new(
+        key: &str,
+        matcher: RouteMatcher,
+        sinks: Vec<SinkHandle>,
+        metrics: &AgentMetrics,
+    ) -> Self {
+        let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude].map(|f| {
+            metrics
+                .records_filtered
+                .with_label_values(&[key, f.as_str()])
+        });
+        ActiveRoute {
+            key: key.to_string(),
+            matcher,
+            sinks,
+            filtered,
+        }
+    }
+
     pub fn filtered(&self, why: Filtered) -> &IntCounter {
         &self.filtered[why as usize]
     }
@@ -180,14 +200,7 @@ impl RouteTableManager {
                 detached: m.lanes_detached.with_label_values(&[key, &sink.name]),
             });
         }
-        let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude]
-            .map(|f| m.records_filtered.with_label_values(&[key, f.as_str()]));
-        Ok(ActiveRoute {
-            key: key.to_string(),
-            matcher,
-            sinks,
-            filtered,
-        })
+        Ok(ActiveRoute::new(key, matcher, sinks, m))
     }
 }
 
