@@ -639,11 +639,26 @@ spec:
     stdout: {}
 "#;
 
+    const MULTILINE_ROUTE: &str = r#"
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {name: r, namespace: ns}
+spec:
+  multiline: {start: '^\S'}
+  sinks:
+  - name: out
+    stdout: {}
+"#;
+
     /// A lane of a one-sink route whose queue (of `capacity`) the test drains itself.
     fn lane(capacity: usize) -> (Lane, mpsc::Receiver<Queued>, tempfile::TempDir) {
+        lane_of(ROUTE, capacity)
+    }
+
+    fn lane_of(yaml: &str, capacity: usize) -> (Lane, mpsc::Receiver<Queued>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("route.yaml");
-        std::fs::write(&file, ROUTE).expect("write route");
+        std::fs::write(&file, yaml).expect("write route");
         let inputs = crate::agent::routes::load_file(&file, "logroute-system", None)
             .expect("route compiles");
         let document = inputs.into_values().next().expect("one route").document;
@@ -765,5 +780,39 @@ spec:
         assert!(lane.catchup_line(&nth(4), &info, &head, now).is_ok());
         assert_eq!(lane.try_rejoin(&head), Some(0));
         assert_eq!(drain(&mut rx), vec![("line 4".into(), 4)]);
+    }
+
+    #[test]
+    fn the_position_never_passes_lines_held_in_a_joiner() {
+        let (mut lane, mut rx, _dir) = lane_of(MULTILINE_ROUTE, 8);
+        let info = Arc::new(ContainerInfo::default());
+        let now = Instant::now();
+        let text = |s, out, err, m: &str| {
+            let mut l = line(s, out, err);
+            l.message = m.into();
+            l
+        };
+        let (o, e) = (StreamName::Stdout, StreamName::Stderr);
+        // stdout "a" stays held (its record may go on); on stderr, "E2" completes "e1".
+        for l in [
+            text(o, sc(1, 1), sc(0, 0), "a"),
+            text(e, sc(1, 1), sc(2, 1), "e1"),
+            text(e, sc(1, 1), sc(3, 1), "E2"),
+        ] {
+            lane.head_line(&l, &info, &mut None, now);
+        }
+        let Ok(Queued::Record(r, p)) = rx.try_recv() else {
+            panic!("e1 is queued");
+        };
+        assert_eq!(r.message, "e1");
+        assert_eq!(
+            p.cursor,
+            Cursor {
+                stdout: sc(0, 0),
+                stderr: sc(2, 1)
+            },
+            "past e1 on stderr, but not past the held stdout line"
+        );
+        assert!(rx.try_recv().is_err(), "a and E2 are still held");
     }
 }
