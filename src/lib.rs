@@ -1,4 +1,4 @@
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: mapping the checkpoint file (agent::checkpoint::map)
 //! logroute: Kubernetes-native container log routing.
 //!
 //! The controller compiles `LogRoute` resources into route documents; the agent on each

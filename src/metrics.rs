@@ -5,8 +5,8 @@
 //! message text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 1 ms to ~30 s.
@@ -95,7 +95,9 @@ pub struct AgentMetrics {
     pub records_routed: IntCounterVec,
     /// `route`, `reason` (`include`, `exclude`, `stream`).
     pub records_filtered: IntCounterVec,
-    /// `route`, `sink`, `reason` (`queue_full`, `rejected`, `rotated`, `shutdown`, ...).
+    /// `route`, `sink`, `reason`: `rejected` (permanently refused by the sink),
+    /// `rotated` (lines Docker rotated away before a lagging sink caught up, counted in
+    /// lines), `removed` (the container was removed before a lagging sink caught up).
     pub records_dropped: IntCounterVec,
     /// `kind`, `route`, `sink`.
     pub records_sent: IntCounterVec,
@@ -109,6 +111,14 @@ pub struct AgentMetrics {
     pub sink_reconnects: IntCounterVec,
     /// `route`, `sink`.
     pub queue_depth: IntGaugeVec,
+    /// `route`, `sink`: seconds the sink is behind, the worst of its containers: newest
+    /// line read from the container minus newest record the sink accepted.
+    pub sink_lag_seconds: GaugeVec,
+    /// `route`, `sink`: (container, sink) lanes that fell behind the shared reader and
+    /// read on their own from Docker.
+    pub lanes_detached: IntGaugeVec,
+    /// Docker log streams opened to catch a lagging lane up.
+    pub catchup_streams: IntGauge,
     /// `kind`, `route`, `sink`: one send (a batch) from start to acceptance.
     pub send_latency: HistogramVec,
     /// `kind`, `route`, `sink`: Docker timestamp → accepted by the sink.
@@ -216,6 +226,35 @@ impl AgentMetrics {
                 "Records waiting in a sink queue",
                 &["route", "sink"],
             ),
+            sink_lag_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "logroute_agent_sink_lag_seconds",
+                        "How far a sink is behind its containers' logs (worst container)",
+                    ),
+                    &["route", "sink"],
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            lanes_detached: gauge(
+                reg,
+                "logroute_agent_lanes_detached",
+                "Container lanes of a sink that fell behind and catch up on their own Docker stream",
+                &["route", "sink"],
+            ),
+            catchup_streams: {
+                let g = IntGauge::new(
+                    "logroute_agent_catchup_streams",
+                    "Docker log streams open to catch lagging sinks up",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             send_latency: histogram(
                 reg,
                 "logroute_agent_send_latency_seconds",

@@ -50,6 +50,8 @@ impl Harness {
             pod_name: None,
             shutdown_grace_seconds: 5,
             queue_records: 8192,
+            catchup_streams: 8,
+            checkpoint_sync_ms: 1000,
         };
         let (cache, feed) = PodCache::fed();
         let source = RouteSource::Files {

@@ -40,6 +40,8 @@ fn args(dir: &std::path::Path, pod_name: Option<&str>) -> AgentArgs {
         pod_name: pod_name.map(str::to_owned),
         shutdown_grace_seconds: 5,
         queue_records: 8192,
+        catchup_streams: 8,
+        checkpoint_sync_ms: 1000,
     }
 }
 

@@ -3,7 +3,10 @@
 //! [`Agent::start`] wires the parts together; `logroute agent` and the integration
 //! tests both go through it, so the tests exercise the production path.
 
+pub mod checkpoint;
+mod container;
 pub mod docker;
+pub mod lane;
 pub mod multiline;
 pub mod pipeline;
 pub mod pods;
@@ -21,9 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, Readiness};
 use crate::metrics::AgentMetrics;
+use crate::record::Timestamp;
+use checkpoint::{Checkpoints, PreviousRun};
+use docker::Cursor;
 use pipeline::{AgentContext, SelfIdentity};
 use pods::PodCache;
 use routes::{RouteTable, RouteTableManager, SinkSettings};
+use tokio_util::task::TaskTracker;
 
 /// `logroute agent` flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,9 +73,44 @@ pub struct AgentArgs {
     /// How long to keep delivering queued records after SIGTERM.
     #[arg(long, env = "LOGROUTE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
-    /// Records buffered per (route, sink) before that sink counts as lagging.
+    /// Records buffered per (route, sink). This is the lag limit of the shared reader:
+    /// when a sink's queue is full, that sink falls behind on its own (per container) and
+    /// catches up from Docker later, while the container's other sinks stay live.
     #[arg(long, env = "LOGROUTE_QUEUE_RECORDS", default_value_t = 8192)]
     pub queue_records: usize,
+    /// Docker log streams open at once to catch lagging sinks up, agent-wide. Lagging
+    /// (container, sink) lanes beyond it wait holding only their cursor, so memory stays
+    /// bounded however many sinks lag.
+    #[arg(long, env = "LOGROUTE_CATCHUP_STREAMS", default_value_t = 8)]
+    pub catchup_streams: usize,
+    /// How often the checkpoint file is msync'd to disk (it is also synced at
+    /// shutdown). An agent crash loses nothing in between; a node crash may repeat up to
+    /// this much of each sink's stream.
+    #[arg(long, env = "LOGROUTE_CHECKPOINT_SYNC_MS", default_value_t = 1000)]
+    pub checkpoint_sync_ms: u64,
+}
+
+/// A container without a checkpoint, after a restart, starts this long before the
+/// previous agent's last heartbeat: it covers a container the previous agent saw start
+/// shortly before it died but had not matched yet (pod lookup waits up to
+/// [`pipeline::POD_WAIT`]). Such a container was never delivered, so nothing repeats.
+pub const RESTART_MARGIN_SECS: i64 = 30;
+
+/// Where (container, sink) lanes without a checkpoint start reading:
+/// - first start on this node (no checkpoint file): now — what ran before is not ours;
+/// - after a clean restart: [`RESTART_MARGIN_SECS`] before the previous agent's last
+///   heartbeat, which covers every container started while no agent was running;
+/// - after a damaged checkpoint file: the beginning of what Docker still holds (nothing
+///   lost, but lines may be repeated to sinks whose checkpoint was lost).
+pub fn start_point(previous: PreviousRun, now: Timestamp) -> Cursor {
+    match previous {
+        PreviousRun::None => Cursor::at(now),
+        PreviousRun::AliveUntil(t) => Cursor::at(Timestamp {
+            secs: t.secs - RESTART_MARGIN_SECS,
+            nanos: t.nanos,
+        }),
+        PreviousRun::Damaged => Cursor::default(),
+    }
 }
 
 /// Where routes come from.
@@ -92,6 +134,8 @@ pub struct Agent {
     stop: CancellationToken,
     sink_stop: CancellationToken,
     manager: tokio::task::JoinHandle<()>,
+    workers: TaskTracker,
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl Agent {
@@ -109,11 +153,23 @@ impl Agent {
         let node = args.node_name.clone().unwrap_or_else(local_hostname);
         let docker = docker::connect(&args.docker_host)
             .with_context(|| format!("cannot use Docker at {}", args.docker_host))?;
+        let opened = Checkpoints::open(&args.state_dir)?;
+        let checkpoints = opened.checkpoints;
+        let start = start_point(opened.previous, Timestamp::now());
+        if !opened.problems.is_empty() {
+            tracing::warn!(
+                file = %checkpoints.path().display(),
+                problems = %opened.problems.join("; "),
+                "checkpoint file damaged: its damaged parts are ignored, and sinks without a valid checkpoint read each container from the beginning of the log Docker still holds (nothing is lost; lines they had already received may be sent again)"
+            );
+        }
+        let workers = TaskTracker::new();
         let (manager, routes) = RouteTableManager::new(SinkSettings {
             metrics: metrics.clone(),
             node: node.clone(),
             queue_records: args.queue_records,
             stop: sink_stop.clone(),
+            workers: workers.clone(),
         });
         match source {
             RouteSource::Files {
@@ -154,10 +210,24 @@ impl Agent {
                 max_line_bytes: args.max_line_bytes,
                 ..Default::default()
             },
-            start: docker::Cursor::at(crate::record::Timestamp::now()),
+            start,
+            checkpoints: checkpoints.clone(),
+            catchups: Arc::new(tokio::sync::Semaphore::new(args.catchup_streams.max(1))),
+            next_lane: Default::default(),
             stop: stop.clone(),
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
+        tokio::spawn(sync_checkpoints(
+            checkpoints.clone(),
+            metrics.clone(),
+            Duration::from_millis(args.checkpoint_sync_ms.max(10)),
+            stop.clone(),
+        ));
+        tokio::spawn(sweep_checkpoints(
+            docker.clone(),
+            checkpoints.clone(),
+            events_tx.clone(),
+        ));
         tokio::spawn(docker::watch_containers(
             docker,
             events_tx,
@@ -175,6 +245,8 @@ impl Agent {
             stop,
             sink_stop,
             manager,
+            workers,
+            checkpoints,
         })
     }
 
@@ -183,7 +255,9 @@ impl Agent {
         self.routes.borrow().clone()
     }
 
-    /// Stop reading, give the sinks up to `grace` to deliver what is queued, then stop.
+    /// Stop reading, give the sinks up to `grace` to deliver what is queued, stop them,
+    /// and write the final checkpoints to disk. What was not delivered by then is read
+    /// again by the next agent from the checkpoints.
     pub async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
         let _ = self.manager.await;
@@ -192,6 +266,80 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.sink_stop.cancel();
+        self.workers.close();
+        if tokio::time::timeout(WORKER_STOP, self.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a sink worker is still in a send after {WORKER_STOP:?}; checkpoints are written without it"
+            );
+        }
+        let checkpoints = self.checkpoints.clone();
+        match tokio::task::spawn_blocking(move || checkpoints.sync()).await {
+            Ok(Ok(())) => {
+                tracing::info!(file = %self.checkpoints.path().display(), "final checkpoints written")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "final checkpoints not synced"),
+            Err(e) => tracing::error!(error = %e, "final checkpoint sync failed"),
+        }
+    }
+}
+
+/// How long shutdown waits for sink workers to leave a send in progress.
+const WORKER_STOP: Duration = Duration::from_secs(5);
+
+/// msync the checkpoint file every `every` and publish how far each sink lags.
+async fn sync_checkpoints(
+    checkpoints: Arc<Checkpoints>,
+    metrics: AgentMetrics,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let c = checkpoints.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || c.sync()).await {
+            tracing::warn!(error = %e, "checkpoint sync failed; retrying at the next interval");
+        }
+        metrics.sink_lag_seconds.reset();
+        for ((route, sink), lag) in checkpoints.lag_seconds() {
+            metrics
+                .sink_lag_seconds
+                .with_label_values(&[&route, &sink])
+                .set(lag);
+        }
+    }
+}
+
+/// Checkpoints of containers that are gone are dropped; containers that stopped while
+/// no agent ran are read to their end (discovery announces running ones only).
+async fn sweep_checkpoints(
+    docker: bollard::Docker,
+    checkpoints: Arc<Checkpoints>,
+    events: mpsc::Sender<docker::ContainerEvent>,
+) {
+    if docker::negotiate(&docker).await.is_err() {
+        return;
+    }
+    for id in checkpoints.containers() {
+        match docker::inspect(&docker, &id).await {
+            Ok(None) => {
+                tracing::info!(container = %id, "container of a checkpoint is gone; checkpoint dropped");
+                checkpoints.forget_container(&id);
+            }
+            Ok(Some(c)) if !c.running => {
+                let _ = events.send(docker::ContainerEvent::Running(c)).await;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "cannot inspect the container of a checkpoint; kept")
+            }
+        }
     }
 }
 

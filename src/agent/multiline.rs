@@ -18,6 +18,8 @@ pub struct Joined {
     pub timestamp: Timestamp,
     pub message: String,
     pub truncated: bool,
+    /// How many lines it joins (for accounting).
+    pub lines: u32,
 }
 
 #[derive(Debug)]
@@ -74,12 +76,13 @@ impl Joiner {
             p.deadline = now + self.timeout;
             return None;
         }
-        let done = self.pending.take().map(|p| p.joined);
+        let done = self.flush();
         self.pending = Some(Pending {
             joined: Joined {
                 timestamp,
                 message: line.to_string(),
                 truncated,
+                lines: 1,
             },
             lines: 1,
             deadline: now + self.timeout,
@@ -94,7 +97,10 @@ impl Joiner {
 
     /// Emit the pending record (timeout, stream end, shutdown).
     pub fn flush(&mut self) -> Option<Joined> {
-        self.pending.take().map(|p| p.joined)
+        self.pending.take().map(|p| Joined {
+            lines: p.lines,
+            ..p.joined
+        })
     }
 }
 

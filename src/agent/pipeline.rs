@@ -1,22 +1,23 @@
-//! Per-container work: resolve who the container is, match it against the route table
-//! once, then read → (multiline) → filter → queue, re-matching only when the route table
-//! or the container's pod changes.
+//! Which containers are read and who they are: one task per running workload container
+//! (see [`crate::agent::container`] for what the task does), its pod metadata, and the
+//! containers never read at all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::docker::{self, ContainerEvent, Cursor, DockerContainer, LogLine, ReadOptions};
-use crate::agent::multiline::{Joined, Joiner};
+use crate::agent::checkpoint::Checkpoints;
+use crate::agent::container;
+use crate::agent::docker::{ContainerEvent, Cursor, DockerContainer, ReadOptions};
 use crate::agent::pods::{self, PodCache, PodRef};
-use crate::agent::routes::{ActiveRoute, RouteTable};
-use crate::api::{EXCLUDE_KEY, StreamName};
+use crate::agent::routes::RouteTable;
+use crate::api::EXCLUDE_KEY;
 use crate::metrics::AgentMetrics;
-use crate::record::{ContainerInfo, PodInfo, Record};
-use crate::route::matcher::Filtered;
+use crate::record::{ContainerInfo, PodInfo};
 
 /// How long a container whose pod is not in the cache yet waits for it before being
 /// routed with the metadata its Docker labels carry.
@@ -33,8 +34,14 @@ pub struct AgentContext {
     pub pods: Option<PodCache>,
     pub identity: SelfIdentity,
     pub read: ReadOptions,
-    /// Where reading starts for a container with no checkpoint: the agent's start.
+    /// Where a (container, sink) lane without a checkpoint starts reading: decided at
+    /// the agent's start from the checkpoint file (see `Agent::start`).
     pub start: Cursor,
+    pub checkpoints: Arc<Checkpoints>,
+    /// Limits the Docker streams open for lagging lanes (`--catchup-streams`).
+    pub catchups: Arc<Semaphore>,
+    /// Numbers lanes, to route catch-up messages.
+    pub next_lane: AtomicU64,
     pub stop: CancellationToken,
 }
 
@@ -76,8 +83,14 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while let Some(event) = events.recv().await {
         tasks.retain(|_, t| !t.is_finished());
-        let ContainerEvent::Running(container) = event else {
-            continue;
+        let container = match event {
+            ContainerEvent::Running(container) => container,
+            ContainerEvent::Removed { id } => {
+                // Its log is gone: so are its checkpoints.
+                ctx.checkpoints.forget_container(&id);
+                continue;
+            }
+            ContainerEvent::Stopped { .. } => continue,
         };
         if tasks.contains_key(&container.id) {
             continue;
@@ -90,7 +103,7 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
         let ctx = ctx.clone();
         tasks.insert(
             id,
-            tokio::spawn(async move { follow_container(ctx, container).await }),
+            tokio::spawn(async move { container::follow_container(ctx, container).await }),
         );
     }
     for (_, task) in tasks {
@@ -117,85 +130,7 @@ fn static_exclusion(identity: &SelfIdentity, c: &DockerContainer) -> Option<&'st
     }
 }
 
-async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
-    let pod_ref = pods::pod_ref(&container.labels);
-    let mut pod_changes = ctx.pods.as_ref().map(PodCache::changes);
-    let mut routes_rx = ctx.routes.clone();
-    let info = resolve_info(&ctx, &container, pod_ref.as_ref()).await;
-    let mut router = Router::new(info, ctx.read.max_line_bytes);
-    router.rematch(&routes_rx.borrow_and_update());
-    tracing::info!(container = %container.name, routes = router.routes.len(), "following container");
-
-    let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(8);
-    let reader = {
-        let ctx = ctx.clone();
-        let container = container.clone();
-        tokio::spawn(async move {
-            docker::follow(
-                &ctx.docker,
-                &container,
-                Some(ctx.start),
-                &ctx.read,
-                &tx,
-                &ctx.metrics,
-                &ctx.stop,
-            )
-            .await
-        })
-    };
-    loop {
-        let deadline = router.next_deadline();
-        tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(lines) => router.route_lines(&lines, Instant::now()).await,
-                None => break,
-            },
-            changed = routes_rx.changed() => {
-                if changed.is_err() { break; }
-                let table = routes_rx.borrow_and_update().clone();
-                router.flush_all().await;
-                router.rematch(&table);
-            }
-            Some(()) = wait_changed(&mut pod_changes) => {
-                if let Some(r) = &pod_ref {
-                    let info = resolve_info_now(&ctx, &container, r).await;
-                    if info != *router.info {
-                        router.flush_all().await;
-                        router.info = Arc::new(info);
-                        router.rematch(&routes_rx.borrow());
-                    }
-                }
-            }
-            _ = sleep_until(deadline), if deadline.is_some() => router.flush_due(Instant::now()).await,
-        }
-    }
-    router.flush_all().await;
-    match reader.await {
-        Ok(Ok(_)) => tracing::info!(container = %container.name, "container log read to the end"),
-        Ok(Err(e)) => {
-            tracing::warn!(container = %container.name, error = %e, "stopped reading container")
-        }
-        Err(e) => {
-            tracing::error!(container = %container.name, error = %e, "log reader task failed")
-        }
-    }
-}
-
-async fn wait_changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<()> {
-    match rx {
-        Some(rx) => rx.changed().await.ok(),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn resolve_info(
+pub(super) async fn resolve_info(
     ctx: &AgentContext,
     c: &DockerContainer,
     pod_ref: Option<&PodRef>,
@@ -223,7 +158,11 @@ async fn resolve_info(
     resolve_info_now(ctx, c, r).await
 }
 
-async fn resolve_info_now(ctx: &AgentContext, c: &DockerContainer, r: &PodRef) -> ContainerInfo {
+pub(super) async fn resolve_info_now(
+    ctx: &AgentContext,
+    c: &DockerContainer,
+    r: &PodRef,
+) -> ContainerInfo {
     let pod = match &ctx.pods {
         Some(cache) => match cache.get(&r.namespace, &r.name) {
             Some(pod) => pods::pod_info_from_pod(r, &pod),
@@ -268,177 +207,5 @@ fn container_info(ctx: &AgentContext, c: &DockerContainer, pod: Option<PodInfo>)
         labels: c.labels.clone(),
         node: ctx.node.clone(),
         pod,
-    }
-}
-
-/// The routes one container matched, with their multiline state.
-struct Matched {
-    route: Arc<ActiveRoute>,
-    /// Per stream (stdout, stderr), when the route joins lines.
-    joiners: Option<[Joiner; 2]>,
-}
-
-/// Routing state of one container.
-struct Router {
-    info: Arc<ContainerInfo>,
-    routes: Vec<Matched>,
-    max_bytes: usize,
-}
-
-fn stream_index(s: StreamName) -> usize {
-    match s {
-        StreamName::Stdout => 0,
-        StreamName::Stderr => 1,
-    }
-}
-
-impl Router {
-    fn new(info: ContainerInfo, max_bytes: usize) -> Self {
-        Self {
-            info: Arc::new(info),
-            routes: Vec::new(),
-            max_bytes,
-        }
-    }
-
-    fn excluded_by_pod(&self) -> bool {
-        self.info
-            .pod
-            .as_ref()
-            .is_some_and(|p| p.annotations.get(EXCLUDE_KEY).is_some_and(|v| v == "true"))
-    }
-
-    /// Re-evaluate which routes take this container. Call after flushing.
-    fn rematch(&mut self, table: &RouteTable) {
-        if self.excluded_by_pod() {
-            self.routes.clear();
-            return;
-        }
-        self.routes = table
-            .routes
-            .iter()
-            .filter(|r| r.matcher.matches_container(&self.info))
-            .map(|r| Matched {
-                route: r.clone(),
-                joiners: r.matcher.document.multiline.as_ref().map(|m| {
-                    let joiner = || {
-                        Joiner::new(
-                            m.max_lines,
-                            self.max_bytes,
-                            Duration::from_millis(m.timeout_ms.into()),
-                        )
-                    };
-                    [joiner(), joiner()]
-                }),
-            })
-            .collect();
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.routes
-            .iter()
-            .flat_map(|m| m.joiners.iter().flatten())
-            .filter_map(Joiner::deadline)
-            .min()
-    }
-
-    async fn route_lines(&mut self, lines: &[LogLine], now: Instant) {
-        if self.routes.is_empty() {
-            return;
-        }
-        for line in lines {
-            // One record shared by every route that takes the line as it is.
-            let mut shared: Option<Arc<Record>> = None;
-            for m in &mut self.routes {
-                if !m.route.matcher.takes_stream(line.stream) {
-                    m.route.filtered(Filtered::Stream).inc();
-                    continue;
-                }
-                match &mut m.joiners {
-                    Some(joiners) => {
-                        let start = m
-                            .route
-                            .matcher
-                            .multiline_start
-                            .as_ref()
-                            .expect("multiline routes have a start");
-                        let joiner = &mut joiners[stream_index(line.stream)];
-                        if let Some(done) =
-                            joiner.push(start, line.timestamp, &line.message, line.truncated, now)
-                        {
-                            let record = Arc::new(joined_record(&self.info, line.stream, done));
-                            emit(&m.route, record).await;
-                        }
-                    }
-                    None => {
-                        let record = shared
-                            .get_or_insert_with(|| {
-                                Arc::new(Record {
-                                    container: self.info.clone(),
-                                    stream: line.stream,
-                                    timestamp: line.timestamp,
-                                    message: line.message.clone(),
-                                    truncated: line.truncated,
-                                })
-                            })
-                            .clone();
-                        emit(&m.route, record).await;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn flush_due(&mut self, now: Instant) {
-        self.flush(|j| j.deadline().is_some_and(|d| d <= now)).await;
-    }
-
-    async fn flush_all(&mut self) {
-        self.flush(|_| true).await;
-    }
-
-    async fn flush(&mut self, due: impl Fn(&Joiner) -> bool) {
-        for m in &mut self.routes {
-            let Some(joiners) = &mut m.joiners else {
-                continue;
-            };
-            for (i, joiner) in joiners.iter_mut().enumerate() {
-                if !due(joiner) {
-                    continue;
-                }
-                if let Some(done) = joiner.flush() {
-                    let stream = if i == 0 {
-                        StreamName::Stdout
-                    } else {
-                        StreamName::Stderr
-                    };
-                    emit(&m.route, Arc::new(joined_record(&self.info, stream, done))).await;
-                }
-            }
-        }
-    }
-}
-
-fn joined_record(info: &Arc<ContainerInfo>, stream: StreamName, j: Joined) -> Record {
-    Record {
-        container: info.clone(),
-        stream,
-        timestamp: j.timestamp,
-        message: j.message,
-        truncated: j.truncated,
-    }
-}
-
-/// Apply the route's message filters and queue the record for each of its sinks. A full
-/// queue holds the container's reader back (Docker's log file is the buffer meanwhile).
-async fn emit(route: &ActiveRoute, record: Arc<Record>) {
-    if let Some(why) = route.matcher.filter_message(&record.message) {
-        route.filtered(why).inc();
-        return;
-    }
-    for sink in &route.sinks {
-        if sink.queue.send(record.clone()).await.is_ok() {
-            sink.routed.inc();
-        }
     }
 }

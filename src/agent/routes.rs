@@ -17,16 +17,17 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{LogRoute, ROUTE_DOCUMENT_KEY, ROUTE_LABEL};
 use crate::metrics::AgentMetrics;
-use crate::record::Record;
 use crate::route::matcher::{Filtered, RouteMatcher};
 use crate::route::{CompileEnv, CompiledRoute, SecretLookup, compile};
-use crate::sink::{Credentials, SinkClient, SinkContext, worker};
+use crate::sink::worker::{self, Queued};
+use crate::sink::{Credentials, SinkClient, SinkContext};
+use tokio_util::task::TaskTracker;
 
 /// A compiled route and the credentials its sinks need.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +39,10 @@ pub struct RouteInput {
 /// One sink of an active route: its queue and the route's pre-resolved counter.
 pub struct SinkHandle {
     pub name: String,
-    pub queue: mpsc::Sender<Arc<Record>>,
+    pub queue: mpsc::Sender<Queued>,
     pub routed: IntCounter,
+    /// Lanes of this sink that fell behind (`logroute_agent_lanes_detached`).
+    pub detached: IntGauge,
 }
 
 /// A route in force, with its sink queues.
@@ -51,6 +54,26 @@ pub struct ActiveRoute {
 }
 
 impl ActiveRoute {
+    /// A route over ready sink handles; its filter counters are registered in `metrics`.
+    pub fn new(
+        key: &str,
+        matcher: RouteMatcher,
+        sinks: Vec<SinkHandle>,
+        metrics: &AgentMetrics,
+    ) -> Self {
+        let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude].map(|f| {
+            metrics
+                .records_filtered
+                .with_label_values(&[key, f.as_str()])
+        });
+        ActiveRoute {
+            key: key.to_string(),
+            matcher,
+            sinks,
+            filtered,
+        }
+    }
+
     pub fn filtered(&self, why: Filtered) -> &IntCounter {
         &self.filtered[why as usize]
     }
@@ -80,6 +103,8 @@ pub struct SinkSettings {
     pub node: String,
     pub queue_records: usize,
     pub stop: CancellationToken,
+    /// Every sink worker, so that shutdown can wait for them before the final sync.
+    pub workers: TaskTracker,
 }
 
 /// Owns the table and publishes a new one on every change.
@@ -162,7 +187,8 @@ impl RouteTableManager {
             let mut client = SinkClient::new(sink, ctx.clone())
                 .map_err(|e| format!("sink {}: {e}", sink.name))?;
             client.set_shutdown(self.settings.stop.clone());
-            let (queue, _handle) = worker::spawn(
+            let queue = worker::spawn(
+                &self.settings.workers,
                 client,
                 ctx,
                 self.settings.queue_records,
@@ -172,16 +198,10 @@ impl RouteTableManager {
                 name: sink.name.clone(),
                 queue,
                 routed: m.records_routed.with_label_values(&[key, &sink.name]),
+                detached: m.lanes_detached.with_label_values(&[key, &sink.name]),
             });
         }
-        let filtered = [Filtered::Stream, Filtered::Include, Filtered::Exclude]
-            .map(|f| m.records_filtered.with_label_values(&[key, f.as_str()]));
-        Ok(ActiveRoute {
-            key: key.to_string(),
-            matcher,
-            sinks,
-            filtered,
-        })
+        Ok(ActiveRoute::new(key, matcher, sinks, m))
     }
 }
 

@@ -3,21 +3,55 @@
 //!
 //! A sink's failures stay inside its worker: the worker backs off and retries the unsent
 //! rest of the batch while the queue fills. What happens when the queue is full is the
-//! producer's business (see the agent pipeline).
+//! producer's business (see the agent pipeline: the lane detaches and catches up later).
+//!
+//! After every accepted prefix of a batch the worker advances the checkpoint of each
+//! (container, route, sink) lane in it to the position just past its last accepted
+//! record, so a checkpoint never passes a record the sink did not take. Records still
+//! queued when the agent stops are not lost: their lanes' checkpoints stop short of
+//! them, and the next agent reads them again from Docker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{SinkClient, SinkContext};
+use crate::agent::checkpoint::LaneCheckpoint;
+use crate::agent::docker::Cursor;
 use crate::record::Record;
 
 /// Most records handed to a sink in one send.
 pub const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where a lane's data ends in Docker's log once an entry is accepted.
+#[derive(Clone)]
+pub struct Position {
+    pub lane: Arc<LaneCheckpoint>,
+    pub cursor: Cursor,
+}
+
+/// What a (route, sink) queue carries; entries of one lane are in log order.
+pub enum Queued {
+    /// A record, and its lane's position just past it.
+    Record(Arc<Record>, Position),
+    /// A position without a record: the lane's lines up to here were filtered out. Lets
+    /// the checkpoint move past a long filtered stretch.
+    Position(Position),
+}
+
+impl Queued {
+    fn record(&self) -> Option<&Arc<Record>> {
+        match self {
+            Queued::Record(r, _) => Some(r),
+            _ => None,
+        }
+    }
+}
 
 /// Backoff before retry number `attempt` (1-based): doubling from 100 ms to 10 s, with
 /// up to 25 % jitter so that many workers do not retry in lockstep.
@@ -29,27 +63,59 @@ pub fn backoff(attempt: u32) -> Duration {
     base + jitter
 }
 
-/// Start the worker; records sent to the returned queue are delivered in order. The
+/// Start the worker; entries sent to the returned queue are delivered in order. The
 /// worker ends once every sender is dropped and the queue is drained, or when `stop` is
-/// cancelled (the records still queued then are counted as dropped, reason `shutdown`).
+/// cancelled (what is still queued then is read again by the next agent).
 pub fn spawn(
+    tracker: &TaskTracker,
     client: SinkClient,
     ctx: SinkContext,
     capacity: usize,
     stop: CancellationToken,
-) -> (mpsc::Sender<Arc<Record>>, tokio::task::JoinHandle<()>) {
+) -> mpsc::Sender<Queued> {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let handle = tokio::spawn(run(client, ctx, rx, stop));
-    (tx, handle)
+    tracker.spawn(run(client, ctx, rx, stop));
+    tx
+}
+
+/// Records per send, so that the checkpoint follows the sink closely. A sink that cannot
+/// tell a resend from a new record (syslog, stdout) gets small sends: an agent killed
+/// after a send was written but before its checkpoint was stored repeats at most that
+/// send, and a send this small is one socket write unless the receiver is backed up.
+/// Elasticsearch deduplicates resends by `_id`, so it keeps whole batches.
+pub const NON_IDEMPOTENT_STEP: usize = 64;
+
+fn checkpoint_step(client: &SinkClient) -> usize {
+    match client {
+        SinkClient::Elasticsearch(_) => MAX_BATCH,
+        SinkClient::Syslog(_) | SinkClient::Stdout(_) => NON_IDEMPOTENT_STEP,
+    }
+}
+
+/// Advance the checkpoints of the lanes in `entries` (all accepted).
+fn accepted(entries: &[Queued]) {
+    // A batch holds few lanes: the last position per lane, found by linear search.
+    let mut last: Vec<&Position> = Vec::new();
+    for entry in entries {
+        let (Queued::Record(_, p) | Queued::Position(p)) = entry;
+        match last.iter_mut().find(|l| Arc::ptr_eq(&l.lane, &p.lane)) {
+            Some(l) => *l = p,
+            None => last.push(p),
+        }
+    }
+    for p in last {
+        p.lane.advance(p.cursor);
+    }
 }
 
 async fn run(
     mut client: SinkClient,
     ctx: SinkContext,
-    mut rx: mpsc::Receiver<Arc<Record>>,
+    mut rx: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
     let kind = client.kind();
+    let step = checkpoint_step(&client);
     let depth = ctx
         .metrics
         .queue_depth
@@ -58,12 +124,9 @@ async fn run(
         .metrics
         .send_retries
         .with_label_values(&[kind, &ctx.route, &ctx.sink]);
-    let dropped = ctx
-        .metrics
-        .records_dropped
-        .with_label_values(&[&ctx.route, &ctx.sink, "shutdown"]);
-    let mut batch: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
-    loop {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut records: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
+    'receive: loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
             _ = stop.cancelled() => 0,
@@ -72,40 +135,76 @@ async fn run(
             break;
         }
         depth.set(rx.len() as i64);
+        records.clear();
+        records.extend(batch.iter().filter_map(Queued::record).cloned());
+        // Entries up to `checkpointed` have had their positions applied.
+        let mut checkpointed = 0;
         let mut done = 0;
         let mut attempt = 0;
-        while done < batch.len() {
-            match client.send(&batch[done..]).await {
-                Ok(()) => done = batch.len(),
-                Err(failure) => {
-                    done += failure.accepted;
-                    attempt += 1;
-                    ctx.metrics
-                        .send_errors
-                        .with_label_values(&[kind, &ctx.route, &ctx.sink, failure.error.reason()])
-                        .inc();
-                    if attempt == 1 || attempt % 10 == 0 {
-                        tracing::warn!(route = %ctx.route, sink = %ctx.sink, attempt, error = %failure.error, "send failed; retrying with backoff");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff(attempt)) => retries.inc(),
-                        _ = stop.cancelled() => {
-                            dropped.inc_by((batch.len() - done) as u64);
-                            done = batch.len();
-                        }
-                    }
+        loop {
+            let end = (done + step).min(records.len());
+            let result = if done < end {
+                client.send(&records[done..end]).await
+            } else {
+                Ok(())
+            };
+            let (newly, failure) = match result {
+                Ok(()) => (end - done, None),
+                Err(f) => (f.accepted, Some(f.error)),
+            };
+            done += newly;
+            // Entries through the `done`-th record, and the non-record entries after
+            // it when everything was accepted.
+            let upto = if done == records.len() {
+                batch.len()
+            } else {
+                nth_record_end(&batch, done)
+            };
+            accepted(&batch[checkpointed..upto]);
+            checkpointed = upto;
+            let Some(error) = failure else {
+                if done == records.len() {
+                    break;
                 }
+                continue;
+            };
+            attempt += 1;
+            ctx.metrics
+                .send_errors
+                .with_label_values(&[kind, &ctx.route, &ctx.sink, error.reason()])
+                .inc();
+            if attempt == 1 || attempt % 10 == 0 {
+                tracing::warn!(route = %ctx.route, sink = %ctx.sink, attempt, error = %error, "send failed; retrying with backoff");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(attempt)) => retries.inc(),
+                _ = stop.cancelled() => break 'receive,
             }
         }
         batch.clear();
     }
-    rx.close();
-    let mut left = 0u64;
-    while rx.try_recv().is_ok() {
-        left += 1;
-    }
-    dropped.inc_by(left);
     depth.set(0);
+}
+
+/// Index just past the entry holding the `n`-th record (entries before the first record
+/// when `n` is 0).
+fn nth_record_end(batch: &[Queued], n: usize) -> usize {
+    if n == 0 {
+        return batch
+            .iter()
+            .position(|e| e.record().is_some())
+            .unwrap_or(batch.len());
+    }
+    let mut seen = 0;
+    for (i, e) in batch.iter().enumerate() {
+        if e.record().is_some() {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    batch.len()
 }
 
 #[cfg(test)]
@@ -129,5 +228,61 @@ mod tests {
             d30 >= BACKOFF_MAX && d30 <= BACKOFF_MAX.mul_f64(1.25),
             "{d30:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod accepted_tests {
+    use super::*;
+    use crate::agent::checkpoint::Checkpoints;
+    use crate::record::{ContainerInfo, Timestamp};
+
+    fn at(secs: i64) -> Cursor {
+        Cursor::at(Timestamp { secs, nanos: 0 })
+    }
+
+    fn record() -> Arc<Record> {
+        Arc::new(Record {
+            container: Arc::new(ContainerInfo::default()),
+            stream: crate::api::StreamName::Stdout,
+            timestamp: Timestamp::default(),
+            message: String::new(),
+            truncated: false,
+        })
+    }
+
+    #[test]
+    fn only_the_accepted_prefix_moves_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::open(dir.path()).expect("open").checkpoints;
+        let (a, _) = store.lane("a", "ns/r", "s", at(1)).expect("lane");
+        let (b, _) = store.lane("b", "ns/r", "s", at(1)).expect("lane");
+        let rec = |lane: &Arc<LaneCheckpoint>, secs| {
+            Queued::Record(
+                record(),
+                Position {
+                    lane: lane.clone(),
+                    cursor: at(secs),
+                },
+            )
+        };
+        let batch = vec![
+            Queued::Position(Position {
+                lane: b.clone(),
+                cursor: at(5),
+            }),
+            rec(&a, 10),
+            rec(&b, 11),
+            rec(&a, 12),
+        ];
+        assert_eq!(nth_record_end(&batch, 0), 1);
+        assert_eq!(nth_record_end(&batch, 2), 3);
+        // The sink took two records: a@10 and b@11, not a@12.
+        accepted(&batch[..nth_record_end(&batch, 2)]);
+        assert_eq!(store.get("a", "ns/r", "s"), Some(at(10)));
+        assert_eq!(store.get("b", "ns/r", "s"), Some(at(11)));
+        accepted(&batch[3..]);
+        assert_eq!(store.get("a", "ns/r", "s"), Some(at(12)));
+        assert_eq!(store.get("b", "ns/r", "s"), Some(at(11)));
     }
 }

@@ -3,10 +3,13 @@
 //! Each test binary uses part of it, so unused items are expected.
 #![allow(dead_code)]
 
+pub mod agent_proc;
 pub mod bulk;
 pub mod docker;
+pub mod dockerd;
 pub mod env;
 pub mod nginx;
 pub mod osmem;
 pub mod promtool;
 pub mod rsyslog;
+pub mod suspend;

@@ -1,0 +1,505 @@
+//! One container's task: a shared head reader feeding the container's lanes (one per
+//! matched (route, sink), see [`crate::agent::lane`]), catch-up streams for lanes that
+//! fell behind, and the end of the log.
+//!
+//! Where reading starts: each lane at its checkpoint; a lane without one at the agent's
+//! start point for new containers ([`AgentContext::start`]). The head starts at the
+//! furthest of them (per stream); lanes behind it start detached and catch up on their
+//! own, so a restart never holds healthy sinks back for a lagging one.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::docker::{self, Cursor, DockerContainer, DockerError, LogLine};
+use crate::agent::lane::{CatchUp, Lane, Outcome, furthest, reached};
+use crate::agent::pipeline::{AgentContext, resolve_info, resolve_info_now};
+use crate::agent::pods::{self, PodCache};
+use crate::agent::routes::RouteTable;
+use crate::api::EXCLUDE_KEY;
+use crate::record::ContainerInfo;
+use crate::sink::worker::Queued;
+
+/// How often lanes waiting to catch up look for room in their sink's queue.
+const CATCHUP_POLL: Duration = Duration::from_millis(100);
+
+/// From a catch-up stream to its container task.
+enum CatchMsg {
+    Lines {
+        lane: u64,
+        generation: u64,
+        lines: Vec<LogLine>,
+    },
+    Ended {
+        lane: u64,
+        generation: u64,
+        result: Result<Cursor, DockerError>,
+    },
+}
+
+struct Following {
+    ctx: Arc<AgentContext>,
+    container: DockerContainer,
+    info: Arc<ContainerInfo>,
+    lanes: Vec<Lane>,
+    /// Per stream, the furthest position the head has read.
+    head: Cursor,
+    catch_tx: mpsc::Sender<CatchMsg>,
+    generation: u64,
+    /// The head has read the whole log: lanes still behind finish on their catch-up.
+    head_done: bool,
+}
+
+pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
+    let pod_ref = pods::pod_ref(&container.labels);
+    let mut pod_changes = ctx.pods.as_ref().map(PodCache::changes);
+    let mut routes_rx = ctx.routes.clone();
+    let info = resolve_info(&ctx, &container, pod_ref.as_ref()).await;
+    let (catch_tx, mut catch_rx) = mpsc::channel(4);
+    let mut f = Following {
+        ctx: ctx.clone(),
+        container: container.clone(),
+        info: Arc::new(info),
+        lanes: Vec::new(),
+        head: default_start(&ctx, &container),
+        catch_tx,
+        generation: 0,
+        head_done: false,
+    };
+    f.start(&routes_rx.borrow_and_update());
+    tracing::info!(container = %container.name, lanes = f.lanes.len(), detached = f.lanes.iter().filter(|l| l.is_detached()).count(), "following container");
+
+    let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(8);
+    let mut reader = {
+        let ctx = ctx.clone();
+        let container = container.clone();
+        let from = f.head;
+        tokio::spawn(async move {
+            docker::follow(
+                &ctx.docker,
+                &container,
+                Some(from),
+                &ctx.read,
+                &tx,
+                &ctx.metrics,
+                &ctx.stop,
+            )
+            .await
+        })
+    };
+    let mut catchup_tick = tokio::time::interval(CATCHUP_POLL);
+    catchup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if f.head_done && f.lanes.is_empty() {
+            break;
+        }
+        let deadline = f.lanes.iter().filter_map(Lane::deadline).min();
+        let waiting = f
+            .lanes
+            .iter_mut()
+            .any(|l| l.detached_mut().is_some_and(|d| d.catchup.is_none()));
+        tokio::select! {
+            batch = rx.recv(), if !f.head_done => match batch {
+                Some(lines) => f.head_batch(&lines),
+                None => {
+                    f.head_done = true;
+                    match (&mut reader).await {
+                        Ok(Ok(_)) if !ctx.stop.is_cancelled() => {
+                            tracing::info!(container = %container.name, "container log read to the end");
+                            f.end_live_lanes();
+                        }
+                        Ok(Err(e @ DockerError::ContainerGone { .. })) => {
+                            tracing::warn!(container = %container.name, error = %e, "container removed");
+                            f.end_live_lanes();
+                        }
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => {
+                            tracing::warn!(container = %container.name, error = %e, "stopped reading container");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(container = %container.name, error = %e, "log reader task failed");
+                            break;
+                        }
+                    }
+                }
+            },
+            Some(msg) = catch_rx.recv() => f.catchup_message(msg),
+            changed = routes_rx.changed() => {
+                if changed.is_err() { break; }
+                let table = routes_rx.borrow_and_update().clone();
+                f.flush(true);
+                f.rematch(&table);
+            }
+            Some(()) = wait_changed(&mut pod_changes) => {
+                if let Some(r) = &pod_ref {
+                    let info = resolve_info_now(&ctx, &container, r).await;
+                    if info != *f.info {
+                        f.flush(true);
+                        f.info = Arc::new(info);
+                        f.rematch(&routes_rx.borrow());
+                    }
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => f.flush(false),
+            _ = catchup_tick.tick(), if waiting => f.start_catchups(),
+            _ = ctx.stop.cancelled() => break,
+        }
+    }
+    if !reader.is_finished() {
+        reader.abort();
+    }
+}
+
+async fn wait_changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Following {
+    fn excluded_by_pod(&self) -> bool {
+        self.info
+            .pod
+            .as_ref()
+            .is_some_and(|p| p.annotations.get(EXCLUDE_KEY).is_some_and(|v| v == "true"))
+    }
+
+    /// The first match: lanes at their checkpoints, the head at the furthest of them.
+    fn start(&mut self, table: &RouteTable) {
+        self.rematch(table);
+        if self.lanes.is_empty() {
+            return;
+        }
+        let head = self
+            .lanes
+            .iter()
+            .skip(1)
+            .fold(self.lanes[0].pos, |h, l| furthest(h, &l.pos));
+        self.head = head;
+        for lane in &mut self.lanes {
+            if lane.pos != head {
+                lane.start_detached(head);
+            }
+        }
+    }
+
+    /// Re-evaluate which (route, sink) lanes this container has. Call after flushing.
+    /// Kept lanes keep their position; new lanes start at the head; lanes of routes
+    /// that no longer take the container free their checkpoint.
+    fn rematch(&mut self, table: &RouteTable) {
+        let wanted: Vec<_> = if self.excluded_by_pod() {
+            Vec::new()
+        } else {
+            table
+                .routes
+                .iter()
+                .filter(|r| r.matcher.matches_container(&self.info))
+                .flat_map(|r| (0..r.sinks.len()).map(move |i| (r.clone(), i)))
+                .collect()
+        };
+        let mut old = std::mem::take(&mut self.lanes);
+        for (route, i) in wanted {
+            let name = &route.sinks[i].name;
+            if let Some(at) = old
+                .iter()
+                .position(|l| l.route.key == route.key && l.sink_name() == name)
+            {
+                let mut lane = old.swap_remove(at);
+                if !Arc::ptr_eq(&lane.route, &route) {
+                    lane.set_route(route, i);
+                }
+                self.lanes.push(lane);
+                continue;
+            }
+            let checkpoints = &self.ctx.checkpoints;
+            match checkpoints.lane(&self.container.id, &route.key, name, self.head) {
+                Ok((checkpoint, pos)) => {
+                    let id = self.ctx.next_lane.fetch_add(1, Ordering::Relaxed);
+                    let mut lane =
+                        Lane::new(id, route, i, checkpoint, pos, self.ctx.read.max_line_bytes);
+                    if !reached(&pos, &self.head) {
+                        lane.start_detached(self.head);
+                    }
+                    self.lanes.push(lane);
+                }
+                Err(e) => {
+                    tracing::error!(container = %self.container.name, route = %route.key, sink = %name, error = %e, "no checkpoint for this sink; it gets nothing of this container")
+                }
+            }
+        }
+        for lane in old {
+            lane.checkpoint.release();
+        }
+    }
+
+    fn head_batch(&mut self, lines: &[LogLine]) {
+        let now = Instant::now();
+        for line in lines {
+            self.head = furthest(self.head, &line.cursor);
+            let mut shared = None;
+            for lane in &mut self.lanes {
+                if let Outcome::Detached = lane.head_line(line, &self.info, &mut shared, now) {
+                    tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue full: this sink falls behind on this container and will catch up from Docker; its other sinks go on");
+                }
+            }
+        }
+        if let Some(newest) = lines.iter().map(|l| l.timestamp).max() {
+            for lane in &mut self.lanes {
+                lane.checkpoint.set_head(newest);
+                lane.settle();
+            }
+        }
+    }
+
+    fn flush(&mut self, all: bool) {
+        let now = Instant::now();
+        for lane in &mut self.lanes {
+            lane.flush(&self.info, now, all);
+        }
+    }
+
+    /// The head read the whole log: live lanes emit what their joiners hold and end.
+    /// Their checkpoints stay (at the log's end) until the container is removed, so that
+    /// a restarted agent neither re-reads the log nor mistakes a finished lane for a
+    /// new one.
+    fn end_live_lanes(&mut self) {
+        self.flush(true);
+        self.lanes.retain(Lane::is_detached);
+    }
+
+    /// Start catch-up streams for detached lanes whose sink has room again, as far as
+    /// the agent-wide limit of catch-up streams allows.
+    fn start_catchups(&mut self) {
+        for lane in &mut self.lanes {
+            let queue = lane.sink().queue.clone();
+            if queue.capacity() < queue.max_capacity() / 2 {
+                continue;
+            }
+            let Some(d) = lane.detached_mut() else {
+                continue;
+            };
+            if d.catchup.is_some() {
+                continue;
+            }
+            let Ok(permit) = self.ctx.catchups.clone().try_acquire_owned() else {
+                return;
+            };
+            self.generation += 1;
+            let stop = self.ctx.stop.child_token();
+            lane.catchup_started(CatchUp {
+                generation: self.generation,
+                stop: stop.clone(),
+            });
+            tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "catching up from Docker");
+            tokio::spawn(catch_up(
+                self.ctx.clone(),
+                self.container.clone(),
+                lane.pos,
+                (lane.id, self.generation),
+                queue,
+                self.catch_tx.clone(),
+                stop,
+                permit,
+            ));
+        }
+    }
+
+    fn catchup_message(&mut self, msg: CatchMsg) {
+        let (id, generation) = match &msg {
+            CatchMsg::Lines {
+                lane, generation, ..
+            }
+            | CatchMsg::Ended {
+                lane, generation, ..
+            } => (*lane, *generation),
+        };
+        let Some(at) = self.lanes.iter_mut().position(|l| {
+            l.id == id
+                && l.detached_mut()
+                    .and_then(|d| d.catchup.as_ref())
+                    .is_some_and(|c| c.generation == generation)
+        }) else {
+            return;
+        };
+        let lane = &mut self.lanes[at];
+        match msg {
+            CatchMsg::Lines { lines, .. } => {
+                let now = Instant::now();
+                for line in &lines {
+                    if lane
+                        .catchup_line(line, &self.info, &self.head, now)
+                        .is_err()
+                    {
+                        tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue full again; catch-up paused");
+                        return;
+                    }
+                }
+                lane.settle();
+                if self.head_done {
+                    return; // nothing to rejoin: the catch-up reads to the log's end
+                }
+                if let Some(lost) = lane.try_rejoin(&self.head) {
+                    count_lost(&self.ctx, lane, lost, "rotated");
+                    tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), lost, "caught up; back on the shared reader");
+                }
+            }
+            CatchMsg::Ended { result, .. } => {
+                if self.ctx.stop.is_cancelled() {
+                    return;
+                }
+                match result {
+                    Ok(_) => {
+                        // The container stopped and its log was read to the end.
+                        let lost = lane.lost_at_end();
+                        count_lost(&self.ctx, lane, lost, "rotated");
+                        lane.end_catchup();
+                        lane.flush(&self.info, Instant::now(), true);
+                        if !lane.is_detached() {
+                            self.lanes.swap_remove(at);
+                        }
+                    }
+                    Err(e) if e.is_permanent() => {
+                        let lost = lane.lost_at_end();
+                        count_lost(&self.ctx, lane, lost, "removed");
+                        tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, lost, "catch-up ended");
+                        self.lanes.swap_remove(at);
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %self.container.name, error = %e, "catch-up failed; retrying");
+                        if let Some(d) = lane.detached_mut() {
+                            d.catchup = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where lanes of `container` without a checkpoint start: the agent's start point, but
+/// never before the container's current run began (less a second for lines stamped
+/// while dockerd was recording the start), so that a restarted container's previous run
+/// is not sent again.
+fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
+    match container.started_at {
+        Some(t) => {
+            let run = Cursor::at(crate::record::Timestamp {
+                secs: t.secs - 1,
+                nanos: t.nanos,
+            });
+            if reached(&run, &ctx.start) {
+                run
+            } else {
+                ctx.start
+            }
+        }
+        None => ctx.start,
+    }
+}
+
+fn count_lost(ctx: &AgentContext, lane: &Lane, lost: u64, reason: &'static str) {
+    if lost == 0 {
+        return;
+    }
+    tracing::warn!(route = %lane.route.key, sink = %lane.sink_name(), lost, reason, "lines lost for this sink: Docker no longer had them when it caught up");
+    ctx.metrics
+        .records_dropped
+        .with_label_values(&[&lane.route.key, lane.sink_name(), reason])
+        .inc_by(lost);
+}
+
+/// Counts an open catch-up stream while alive.
+struct Streaming(prometheus::IntGauge);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Gives back, when dropped, the count a catch-up took out of `containers_followed`.
+struct NotCounted(prometheus::IntGauge);
+
+impl Drop for NotCounted {
+    fn drop(&mut self) {
+        self.0.inc();
+    }
+}
+
+/// Read the container's log from `from` for one lane and hand it to the container task,
+/// waiting for room in the sink's queue before each batch so that the lane does not
+/// fill it again at once.
+#[allow(clippy::too_many_arguments)]
+async fn catch_up(
+    ctx: Arc<AgentContext>,
+    container: DockerContainer,
+    from: Cursor,
+    (lane, generation): (u64, u64),
+    queue: mpsc::Sender<Queued>,
+    out: mpsc::Sender<CatchMsg>,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    ctx.metrics.catchup_streams.inc();
+    let _streaming = Streaming(ctx.metrics.catchup_streams.clone());
+    // `follow` counts itself in `containers_followed`; a catch-up reads a container that
+    // its shared reader already counts, so it takes itself out again.
+    ctx.metrics.containers_followed.dec();
+    let _not_counted = NotCounted(ctx.metrics.containers_followed.clone());
+    let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(1);
+    let read = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            // `tx` is dropped when the read ends, which ends `forward`.
+            docker::follow(
+                &ctx.docker,
+                &container,
+                Some(from),
+                &ctx.read,
+                &tx,
+                &ctx.metrics,
+                &stop,
+            )
+            .await
+        }
+    };
+    let forward = async {
+        while let Some(lines) = rx.recv().await {
+            let room = (lines.len() + 1).min(queue.max_capacity());
+            while queue.capacity() < room {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            let msg = CatchMsg::Lines {
+                lane,
+                generation,
+                lines,
+            };
+            if out.send(msg).await.is_err() {
+                return;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(read, forward);
+    let _ = out
+        .send(CatchMsg::Ended {
+            lane,
+            generation,
+            result,
+        })
+        .await;
+}

@@ -1,0 +1,180 @@
+//! The built `logroute agent` binary as a child process, so that a test can kill it
+//! (`kill -9`), stop it (SIGTERM) and start it again on the same state directory.
+//!
+//! Its log (stderr) goes to `<dir>/agent-<n>.log`, one file per start; its metrics are
+//! served on a free loopback port and read with [`AgentProc::metric`].
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct AgentProc {
+    child: Option<Child>,
+    dir: PathBuf,
+    routes: PathBuf,
+    env: Vec<(String, String)>,
+    port: u16,
+    starts: usize,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl AgentProc {
+    /// Start `logroute agent --routes ROUTES --state-dir DIR/state` with `env` set
+    /// (e.g. `LOGROUTE_QUEUE_RECORDS`), and wait until its route is active.
+    pub fn start(dir: &Path, routes: &Path, env: &[(&str, &str)]) -> AgentProc {
+        let mut a = AgentProc {
+            child: None,
+            dir: dir.to_path_buf(),
+            routes: routes.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            port: 0,
+            starts: 0,
+        };
+        a.restart();
+        a
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.state_dir().join("checkpoints.v1")
+    }
+
+    /// The log of the latest start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("agent-{n}.log"))
+    }
+
+    /// Start again (after [`AgentProc::kill9`] or [`AgentProc::terminate`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.starts += 1;
+        self.port = free_port();
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logroute"));
+        cmd.args(["agent", "--node-name", "node-1", "--routes"])
+            .arg(&self.routes)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
+            .env("LOGROUTE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn logroute agent"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric("logroute_agent_routes{state=\"active\"}") < 1.0 {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("agent exited at start ({status}); its log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent has no active route 30 s after start; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as in a crash; waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to `timeout`) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `GET /metrics`; empty when the agent does not answer.
+    pub fn metrics(&self) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        if s.write_all(request.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    }
+
+    /// Sum of the samples whose name and labels start with `prefix` (e.g.
+    /// `logroute_agent_records_dropped_total{route="ns/r",sink="s",reason="rotated"}`
+    /// or a bare metric name).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (name, labels) = match prefix.split_once('{') {
+            Some((n, l)) => (n, Some(l.trim_end_matches('}'))),
+            None => (prefix, None),
+        };
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                let (n, rest) = l.split_at(l.find(['{', ' ']).unwrap_or(l.len()));
+                n == name && labels.is_none_or(|want| want.split(',').all(|kv| rest.contains(kv)))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
