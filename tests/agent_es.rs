@@ -1,6 +1,6 @@
 //! The agent end to end into a real OpenSearch-compatible server: real dockerd →
 //! `Agent` (production wiring, routes from a LogRoute file, pods fed into its pod store)
-//! → `osmem-server`.
+//! → `osmem-server`, directly and through nginx with TLS and Basic auth.
 //!
 //! `_count` and `_search` prove that every line is indexed once, with its pod metadata.
 
@@ -14,6 +14,7 @@ use logroute::agent::pods::{PodCache, PodFeed};
 use logroute::agent::{Agent, AgentArgs, RouteSource};
 use serde_json::Value;
 use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object, pod_uid};
+use support::nginx::{Nginx, ProxyAuth};
 use support::osmem::Osmem;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -23,7 +24,7 @@ struct Harness {
     feed: PodFeed,
     docker: bollard::Docker,
     ns: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -67,7 +68,7 @@ impl Harness {
             feed,
             docker,
             ns,
-            _dir: dir,
+            dir,
         };
         eventually(WAIT, "the route to be active", || async {
             (h.agent.route_table().routes.len() == 1).then_some(())
@@ -211,4 +212,78 @@ spec:
     );
     let text = logroute::metrics::render(&h.agent.registry);
     support::promtool::check_metrics("agent", &text);
+}
+
+/// Wrong credentials are a clear, counted error that names no secret; once the Secret is
+/// fixed, every line arrives, once.
+#[tokio::test]
+async fn wrong_credentials_then_fixed_loses_nothing() {
+    let Some(os) = Osmem::start().await else {
+        return;
+    };
+    let auth = ProxyAuth::Basic {
+        user: "logroute".into(),
+        password: "s3cret-Pa55".into(),
+    };
+    let Some(proxy) = Nginx::start(os.authority(), auth).await else {
+        return;
+    };
+    let routes = format!(
+        r#"
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {{ name: secured, namespace: "{{ns}}" }}
+spec:
+  sinks:
+    - name: search
+      elasticsearch:
+        endpoints: ["{url}"]
+        index: 'secured-{{namespace}}'
+        auth:
+          basicSecretRef: {{ name: es }}
+        tls:
+          caSecretRef: {{ name: es, key: ca.crt }}
+          serverName: localhost
+        batch: {{ maxEvents: 100, timeoutMs: 200 }}
+"#,
+        url = proxy.url
+    );
+    let secrets: [(&str, &[u8]); 3] = [
+        ("username", b"logroute"),
+        ("password", b"Wr0ng-Pa55"),
+        ("ca.crt", &proxy.pki.ca_pem),
+    ];
+    let Some(mut h) = Harness::start("agent-es-auth", &routes, &secrets).await else {
+        return;
+    };
+    let pod = h.pod("worker-0", &[("app", "worker")]);
+    const N: usize = 300;
+    let _c = h
+        .run(
+            &pod,
+            "worker",
+            &format!(
+                "i=0; while [ $i -lt {N} ]; do echo \"secured $i\"; i=$((i+1)); done; sleep 3600"
+            ),
+        )
+        .await;
+    eventually(WAIT, "an auth error counted", || async {
+        (h.metric("logroute_agent_send_errors_total", &["reason=\"auth\""]) > 0.0).then_some(())
+    })
+    .await;
+    // A pattern, so that "no index yet" counts 0.
+    let index = format!("secured-{}*", h.ns);
+    os.refresh().await;
+    assert_eq!(
+        os.count(&index).await,
+        0,
+        "nothing indexed with wrong credentials"
+    );
+
+    write_secret(h.dir.path(), &h.ns, "password", b"s3cret-Pa55");
+    wait_count(&os, &index, N as u64).await;
+    let counts = messages(&os.search_all(&index).await);
+    for n in 0..N {
+        assert_eq!(counts.get(&format!("secured {n}")), Some(&1), "line {n}");
+    }
 }

@@ -2,10 +2,12 @@
 //! change, and the two places routes come from (LogRoute files on a plain Docker host, or
 //! the controller's compiled ConfigMaps in a cluster).
 //!
-//! A route whose document and credentials did not change keeps its sink workers (and
-//! their queues and connections) across updates. A changed route gets new workers; the
-//! old ones finish what is queued and stop once no container holds them any more, so a
-//! route change loses nothing.
+//! A route whose document did not change keeps its sink workers (and their queues and
+//! connections) across updates; when only its credentials changed, the workers get the
+//! new ones and use them from their next attempt, so a batch held back by a wrong
+//! password is sent once the Secret is fixed. A route whose document changed gets new
+//! workers; the old ones finish what is queued with the old settings and stop once no
+//! container holds them any more.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use crate::metrics::AgentMetrics;
 use crate::route::matcher::{Filtered, RouteMatcher};
 use crate::route::{CompileEnv, CompiledRoute, SecretLookup, compile};
 use crate::sink::worker::{self, Queued};
-use crate::sink::{Credentials, SinkClient, SinkContext};
+use crate::sink::{Credentials, SinkContext};
 use tokio_util::task::TaskTracker;
 
 /// A compiled route and the credentials its sinks need.
@@ -51,6 +53,8 @@ pub struct ActiveRoute {
     pub matcher: RouteMatcher,
     pub sinks: Vec<SinkHandle>,
     filtered: [IntCounter; 3],
+    /// The route's credentials, watched by its sink workers.
+    credentials: watch::Sender<Arc<Credentials>>,
 }
 
 impl ActiveRoute {
@@ -71,6 +75,7 @@ impl ActiveRoute {
             matcher,
             sinks,
             filtered,
+            credentials: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -135,11 +140,19 @@ impl RouteTableManager {
         let mut next = BTreeMap::new();
         let mut rejected = 0;
         for (key, input) in inputs {
-            if let Some((old, active)) = self.current.remove(&key)
-                && old == input
-            {
-                next.insert(key, (old, active));
-                continue;
+            if let Some((old, active)) = self.current.remove(&key) {
+                if old == input {
+                    next.insert(key, (old, active));
+                    continue;
+                }
+                if old.document == input.document {
+                    tracing::info!(route = %key, "route credentials changed; its sinks take the new ones");
+                    active
+                        .credentials
+                        .send_replace(Arc::new(input.credentials.clone()));
+                    next.insert(key, (input, active));
+                    continue;
+                }
             }
             match self.build(&key, &input) {
                 Ok(active) => {
@@ -174,6 +187,7 @@ impl RouteTableManager {
         let matcher =
             RouteMatcher::new(input.document.clone()).map_err(|e| format!("bad pattern: {e}"))?;
         let credentials = Arc::new(input.credentials.clone());
+        let (credentials_tx, credentials_rx) = watch::channel(credentials.clone());
         let m = &self.settings.metrics;
         let mut sinks = Vec::new();
         for sink in &input.document.sinks {
@@ -184,16 +198,15 @@ impl RouteTableManager {
                 credentials: credentials.clone(),
                 node: self.settings.node.clone(),
             };
-            let mut client = SinkClient::new(sink, ctx.clone())
-                .map_err(|e| format!("sink {}: {e}", sink.name))?;
-            client.set_shutdown(self.settings.stop.clone());
             let queue = worker::spawn(
                 &self.settings.workers,
-                client,
+                sink,
                 ctx,
+                credentials_rx.clone(),
                 self.settings.queue_records,
                 self.settings.stop.clone(),
-            );
+            )
+            .map_err(|e| format!("sink {}: {e}", sink.name))?;
             sinks.push(SinkHandle {
                 name: sink.name.clone(),
                 queue,
@@ -201,7 +214,9 @@ impl RouteTableManager {
                 detached: m.lanes_detached.with_label_values(&[key, &sink.name]),
             });
         }
-        Ok(ActiveRoute::new(key, matcher, sinks, m))
+        let mut route = ActiveRoute::new(key, matcher, sinks, m);
+        route.credentials = credentials_tx;
+        Ok(route)
     }
 }
 

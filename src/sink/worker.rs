@@ -14,14 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{SinkClient, SinkContext};
+use super::{Credentials, SinkClient, SinkContext, SinkError};
 use crate::agent::checkpoint::LaneCheckpoint;
 use crate::agent::docker::Cursor;
 use crate::record::Record;
+use crate::route::document::CompiledSink;
 
 /// Most records handed to a sink in one send.
 pub const MAX_BATCH: usize = 1024;
@@ -63,19 +64,85 @@ pub fn backoff(attempt: u32) -> Duration {
     base + jitter
 }
 
-/// Start the worker; entries sent to the returned queue are delivered in order. The
-/// worker ends once every sender is dropped and the queue is drained, or when `stop` is
-/// cancelled (what is still queued then is read again by the next agent).
+/// Start the worker for `sink`; entries sent to the returned queue are delivered in
+/// order. The worker ends once every sender is dropped and the queue is drained, or when
+/// `stop` is cancelled (what is still queued then is read again by the next agent).
+///
+/// `credentials` carries the route's resolved credentials. When they change (a Secret
+/// was fixed or rotated) the worker rebuilds its client with them before its next
+/// attempt, so a batch held back by, say, a wrong password goes out with the right one:
+/// nothing queued is lost and nothing is reordered. An error building the client from
+/// the first credentials is returned; from later ones it is logged and the worker keeps
+/// the client it has.
 pub fn spawn(
     tracker: &TaskTracker,
-    client: SinkClient,
+    sink: &CompiledSink,
     ctx: SinkContext,
+    credentials: watch::Receiver<Arc<Credentials>>,
     capacity: usize,
     stop: CancellationToken,
-) -> mpsc::Sender<Queued> {
+) -> Result<mpsc::Sender<Queued>, SinkError> {
+    let client = build_client(sink, &ctx, credentials.borrow().clone(), &stop)?;
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    tracker.spawn(run(client, ctx, rx, stop));
-    tx
+    let source = ClientSource {
+        sink: sink.clone(),
+        credentials,
+        pending: false,
+    };
+    tracker.spawn(run(client, source, ctx, rx, stop));
+    Ok(tx)
+}
+
+fn build_client(
+    sink: &CompiledSink,
+    ctx: &SinkContext,
+    credentials: Arc<Credentials>,
+    stop: &CancellationToken,
+) -> Result<SinkClient, SinkError> {
+    let ctx = SinkContext {
+        credentials,
+        ..ctx.clone()
+    };
+    let mut client = SinkClient::new(sink, ctx)?;
+    client.set_shutdown(stop.clone());
+    Ok(client)
+}
+
+/// What a worker needs to rebuild its client when the credentials change.
+struct ClientSource {
+    sink: CompiledSink,
+    credentials: watch::Receiver<Arc<Credentials>>,
+    /// [`ClientSource::changed`] saw a change that [`ClientSource::renewed`] has not
+    /// taken yet (waiting on a watch marks the value seen).
+    pending: bool,
+}
+
+impl ClientSource {
+    /// A client built from new credentials, if they changed since the last call.
+    fn renewed(&mut self, ctx: &SinkContext, stop: &CancellationToken) -> Option<SinkClient> {
+        if !std::mem::take(&mut self.pending) && !self.credentials.has_changed().unwrap_or(false) {
+            return None;
+        }
+        let credentials = self.credentials.borrow_and_update().clone();
+        match build_client(&self.sink, ctx, credentials, stop) {
+            Ok(client) => {
+                tracing::info!(route = %ctx.route, sink = %ctx.sink, "credentials changed; the sink uses the new ones from its next attempt");
+                Some(client)
+            }
+            Err(e) => {
+                tracing::error!(route = %ctx.route, sink = %ctx.sink, error = %e, "the changed credentials cannot be used; keeping the previous ones");
+                None
+            }
+        }
+    }
+
+    /// Resolves when the credentials change (never, once their sender is gone).
+    async fn changed(&mut self) {
+        if self.credentials.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.pending = true;
+    }
 }
 
 /// Records per send, so that the checkpoint follows the sink closely. A sink that cannot
@@ -110,6 +177,7 @@ fn accepted(entries: &[Queued]) {
 
 async fn run(
     mut client: SinkClient,
+    mut source: ClientSource,
     ctx: SinkContext,
     mut rx: mpsc::Receiver<Queued>,
     stop: CancellationToken,
@@ -142,6 +210,9 @@ async fn run(
         let mut done = 0;
         let mut attempt = 0;
         loop {
+            if let Some(renewed) = source.renewed(&ctx, &stop) {
+                client = renewed;
+            }
             let end = (done + step).min(records.len());
             let result = if done < end {
                 client.send(&records[done..end]).await
@@ -178,6 +249,8 @@ async fn run(
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff(attempt)) => retries.inc(),
+                // New credentials are worth trying at once.
+                _ = source.changed() => retries.inc(),
                 _ = stop.cancelled() => break 'receive,
             }
         }
