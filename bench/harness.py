@@ -150,9 +150,22 @@ spec:
             if proc.poll() is not None:
                 raise RuntimeError(f"agent exited: {open(proc.log_path).read()[-2000:]}")
             if self.metric(proc, "logroute_agent_routes") >= 1:
-                return proc
+                break
             time.sleep(0.05)
-        raise RuntimeError("agent did not load its route within 30 s")
+        else:
+            raise RuntimeError("agent did not load its route within 30 s")
+        # One line through the whole path: proves the agent watches Docker's events (a
+        # container that starts before that is never seen once it has exited) and that
+        # the sink is connected. rsyslog and osmem expect one line more; the counter
+        # sets it aside.
+        probe = self.create(label, 1, 1, cmd=lambda first, count: "echo probe")
+        self.lrbench_json("start", *probe)
+        while self.metric(proc, "logroute_agent_records_routed_total") < 1:
+            if now() > deadline:
+                raise RuntimeError(f"the probe line was not routed within 30 s: {open(proc.log_path).read()[-2000:]}")
+            time.sleep(0.05)
+        docker("rm", "-f", *probe, check=False)
+        return proc
 
     def metric(self, proc, name):
         try:
@@ -229,14 +242,15 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
     def backlog(self, sink, n, lines):
         label = self.label()
         deadline = self.args.deadline
+        # rsyslog and osmem also get the probe line of start_agent.
         if sink == "counter":
             yaml, wait, sink_proc = self.counter(lines, deadline)
         elif sink == "rsyslog":
             yaml, path, sink_proc = self.rsyslog()
-            wait = lambda: wait_file_lines(path, lines, deadline)
+            wait = lambda: wait_file_lines(path, lines + 1, deadline)
         else:
             yaml, url, sink_proc = self.osmem()
-            wait = lambda: wait_es_count(url, lines, deadline)
+            wait = lambda: wait_es_count(url, lines + 1, deadline)
         agent = self.start_agent(label, yaml)
         try:
             os.kill(agent.pid, signal.SIGSTOP)
@@ -248,11 +262,14 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
             cpu0 = cpu_seconds(agent.pid)
             t0 = now()
             os.kill(agent.pid, signal.SIGCONT)
+            perf = start_perf(agent.pid, f"{label}-backlog-{sink}-{n}c")
             got = wait()
             cpu1 = cpu_seconds(agent.pid)
+            stop_perf(perf)
             hwm = status_mib(agent.pid, "VmHWM")
+            sends = self.metric(agent, "logroute_agent_send_latency_seconds_count")
             end = got["last_received"] if sink == "counter" else got["end"]
-            received = got["messages"]
+            received = got["messages"] - (sink != "counter")
             r = {
                 "ceiling_lines": ceiling["lines"],
                 "ceiling_lps": ceiling["lines"] / (ceiling["end"] - ceiling["start"]),
@@ -260,6 +277,7 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 "agent_lps": received / (end - t0),
                 "cpu_s_per_m": (cpu1 - cpu0) / (lines / 1e6),
                 "peak_rss_mib": hwm,
+                "records_per_send": lines / sends if sends else float("nan"),
                 "complete": received == lines and ceiling["lines"] == lines,
                 "load": load,
             }
@@ -292,6 +310,7 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
             t0 = self.lrbench_json("start", *ids)["start"]
             got = wait()
             cpu1 = cpu_seconds(agent.pid)
+            sends = self.metric(agent, "logroute_agent_send_latency_seconds_count")
             r = {
                 "ceiling_lines": ceiling["lines"],
                 "ceiling_lps": ceiling["lines"] / (ceiling["end"] - ceiling["start"]),
@@ -299,6 +318,7 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 "agent_lps": got["messages"] / (got["last_received"] - t0),
                 "cpu_s_per_m": (cpu1 - cpu0) / (lines / 1e6),
                 "peak_rss_mib": status_mib(agent.pid, "VmHWM"),
+                "records_per_send": lines / sends if sends else float("nan"),
                 # The raw follow may lose lines to dockerd's early end of stream (see
                 # DESIGN.md); the agent may not.
                 "complete": got["messages"] == lines,
@@ -385,6 +405,25 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
             counter.kill()
             counter.wait()
             self.remove(label)
+
+
+def start_perf(pid, name):
+    """With LRBENCH_PERF=DIR, sample the agent while it works (flat profile; add
+    LRBENCH_PERF_ARGS="-g" for call graphs of a frame-pointer build)."""
+    d = os.environ.get("LRBENCH_PERF")
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    extra = os.environ.get("LRBENCH_PERF_ARGS", "").split()
+    return subprocess.Popen(["perf", "record", "-q", "-F", "499", *extra, "-p", str(pid),
+                             "-o", os.path.join(d, f"{name}.data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_perf(perf):
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
 
 
 def wait_file_lines(path, expect, deadline):

@@ -8,7 +8,8 @@
 //! - `lrbench count --port P --expect N`: a fast RFC 5424 receiver over TCP with RFC 6587
 //!   octet counting. Counts messages, and for each one takes the TIMESTAMP of its header
 //!   (Docker's record time) from the time it was received: end-to-end latency. Exits when
-//!   N messages arrived (or at `--deadline`, then with status 2).
+//!   N messages arrived (or at `--deadline`, then with status 2). Messages that are just
+//!   `probe` (the harness checking that the path works) are set aside, not counted.
 //!
 //! Every command prints one JSON object on stdout; times are Unix seconds.
 
@@ -206,6 +207,8 @@ struct Seen {
     first_record_us: i64,
     last_record_us: i64,
     bad_frames: u64,
+    /// Messages `probe` (the harness's check that the path works), not counted.
+    probes: u64,
 }
 
 async fn count(args: &[String]) -> io::Result<()> {
@@ -257,9 +260,10 @@ async fn count(args: &[String]) -> io::Result<()> {
         lat[i] as f64 / 1000.0
     };
     println!(
-        "{{\"messages\":{},\"expected\":{expect},\"complete\":{complete},\"bad_frames\":{},\"first_received\":{:.6},\"last_received\":{:.6},\"first_record\":{:.6},\"last_record\":{:.6},\"latency_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"p999\":{:.2},\"max\":{:.2}}}}}",
+        "{{\"messages\":{},\"expected\":{expect},\"complete\":{complete},\"bad_frames\":{},\"probes\":{},\"first_received\":{:.6},\"last_received\":{:.6},\"first_record\":{:.6},\"last_record\":{:.6},\"latency_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"p999\":{:.2},\"max\":{:.2}}}}}",
         s.messages,
         s.bad_frames,
+        s.probes,
         s.first_received,
         s.last_received,
         s.first_record_us as f64 / 1e6,
@@ -293,6 +297,7 @@ async fn receive(
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
         let mut bad = 0;
+        let mut probes = 0;
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         loop {
             let Some(sp) = buf[at..].iter().take(12).position(|&b| b == b' ') else {
@@ -314,7 +319,13 @@ async fn receive(
             if buf.len() < start + len {
                 break;
             }
-            match record_time_us(&buf[start..start + len]) {
+            let msg = &buf[start..start + len];
+            if msg.ends_with(b" probe") {
+                probes += 1;
+                at = start + len;
+                continue;
+            }
+            match record_time_us(msg) {
                 Some(ts) => {
                     lat.push(received_us - ts);
                     lo = lo.min(ts);
@@ -325,16 +336,19 @@ async fn receive(
             at = start + len;
         }
         buf.drain(..at);
-        if lat.is_empty() && bad == 0 {
+        if lat.is_empty() && bad == 0 && probes == 0 {
             continue;
         }
         let mut s = seen.lock().expect("lock");
-        if s.messages == 0 {
+        if s.messages == 0 && !lat.is_empty() {
             s.first_received = received;
         }
         s.messages += lat.len() as u64;
-        s.last_received = received;
+        if !lat.is_empty() {
+            s.last_received = received;
+        }
         s.bad_frames += bad;
+        s.probes += probes;
         s.first_record_us = s.first_record_us.min(lo);
         s.last_record_us = s.last_record_us.max(hi);
         s.latency_us.append(&mut lat);

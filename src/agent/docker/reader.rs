@@ -7,6 +7,8 @@
 //! end of a stream proves nothing: the container is inspected, and when it has stopped
 //! its log is re-read (without follow) from the cursor until a read finds nothing new.
 
+use std::time::Duration;
+
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
@@ -31,6 +33,11 @@ pub struct ReadOptions {
     pub batch_lines: usize,
     /// Most message bytes per batch (a batch may exceed it by one line).
     pub batch_bytes: usize,
+    /// How long a batch that is not full waits for more lines while the stream is busy.
+    /// Docker sends one frame per HTTP chunk, so without it a fast log would be handed
+    /// over one or two lines at a time, and every line downstream would cost a task
+    /// wake-up and a sink write of its own. Bounds the latency it adds.
+    pub linger: Duration,
 }
 
 impl Default for ReadOptions {
@@ -39,6 +46,7 @@ impl Default for ReadOptions {
             max_line_bytes: 1024 * 1024,
             batch_lines: 512,
             batch_bytes: 1024 * 1024,
+            linger: Duration::from_millis(2),
         }
     }
 }
@@ -187,13 +195,23 @@ impl Reader<'_> {
         let mut batch_bytes = 0;
         // Set once the stream is over: `Ok` at its end, `Err` on a failure.
         let mut outcome: Option<Result<(), DockerError>> = None;
+        // Created once: a fresh `cancelled()` per frame would register with the token
+        // (a mutex) for every line.
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        // Armed when a batch gets its first line; the batch is handed over when it is
+        // full, when the stream is over, or when this fires.
+        let linger = tokio::time::sleep(self.opts.linger);
+        tokio::pin!(linger);
+        let mut lingering = false;
         // Reading goes on while the receiver is busy, so that a slow receiver gets
-        // bigger batches rather than one line per turn; bounded by lines and bytes.
+        // bigger batches; bounded by lines and bytes.
         loop {
             let full = batch.len() >= self.opts.batch_lines || batch_bytes >= self.opts.batch_bytes;
+            let due = !batch.is_empty() && (full || outcome.is_some() || !lingering);
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ok(ReadEnd::Shutdown),
+                _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
                 item = stream.next(), if outcome.is_none() && !full => {
                     let before = batch.len();
                     outcome = self.take(item, &mut batch, &mut new);
@@ -201,12 +219,20 @@ impl Reader<'_> {
                         self.lines.flush(&mut batch);
                     }
                     batch_bytes += batch[before..].iter().map(|l| l.message.len()).sum::<usize>();
+                    if before == 0 && !batch.is_empty() {
+                        linger.as_mut().reset(tokio::time::Instant::now() + self.opts.linger);
+                        lingering = true;
+                    }
                 }
-                permit = self.tx.reserve(), if !batch.is_empty() => {
+                () = &mut linger, if lingering => lingering = false,
+                permit = self.tx.reserve(), if due => {
                     let permit = permit.map_err(|_| DockerError::ReceiverClosed { container: self.container.display() })?;
                     self.sent = self.count(&batch);
-                    permit.send(std::mem::take(&mut batch));
+                    // The next batch is likely the size of this one.
+                    let next = Vec::with_capacity(batch.len());
+                    permit.send(std::mem::replace(&mut batch, next));
                     batch_bytes = 0;
+                    lingering = false;
                 }
             }
             if batch.is_empty() {
