@@ -63,11 +63,29 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def status_mib(pid, key):
+def status_int(pid, key):
+    """A number from /proc/PID/status (kB for sizes)."""
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def ctx_switches(pid):
+    """Context switches of all of the process's threads."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{tid}/status"):
+                if "ctxt_switches" in line:
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def status_mib(pid, key):
+    return status_int(pid, key) / 1024
 
 
 def docker(*args, check=True):
@@ -259,13 +277,14 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
             docker("wait", *ids)
             ceiling = self.lrbench_json("read", *ids)
             load = loadavg()
-            cpu0 = cpu_seconds(agent.pid)
+            cpu0, cs0 = cpu_seconds(agent.pid), ctx_switches(agent.pid)
             t0 = now()
             os.kill(agent.pid, signal.SIGCONT)
             perf = start_perf(agent.pid, f"{label}-backlog-{sink}-{n}c")
             got = wait()
             cpu1 = cpu_seconds(agent.pid)
             stop_perf(perf)
+            cs1 = ctx_switches(agent.pid)
             hwm = status_mib(agent.pid, "VmHWM")
             sends = self.metric(agent, "logroute_agent_send_latency_seconds_count")
             end = got["last_received"] if sink == "counter" else got["end"]
@@ -278,6 +297,7 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 "cpu_s_per_m": (cpu1 - cpu0) / (lines / 1e6),
                 "peak_rss_mib": hwm,
                 "records_per_send": lines / sends if sends else float("nan"),
+                "ctx_switches_per_k": (cs1 - cs0) / (lines / 1e3),
                 "complete": received == lines and ceiling["lines"] == lines,
                 "load": load,
             }
@@ -306,10 +326,10 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
         try:
             ids = self.create(label, n, lines)
             load = loadavg()
-            cpu0 = cpu_seconds(agent.pid)
+            cpu0, cs0 = cpu_seconds(agent.pid), ctx_switches(agent.pid)
             t0 = self.lrbench_json("start", *ids)["start"]
             got = wait()
-            cpu1 = cpu_seconds(agent.pid)
+            cpu1, cs1 = cpu_seconds(agent.pid), ctx_switches(agent.pid)
             sends = self.metric(agent, "logroute_agent_send_latency_seconds_count")
             r = {
                 "ceiling_lines": ceiling["lines"],
@@ -319,6 +339,7 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 "cpu_s_per_m": (cpu1 - cpu0) / (lines / 1e6),
                 "peak_rss_mib": status_mib(agent.pid, "VmHWM"),
                 "records_per_send": lines / sends if sends else float("nan"),
+                "ctx_switches_per_k": (cs1 - cs0) / (lines / 1e3),
                 # The raw follow may lose lines to dockerd's early end of stream (see
                 # DESIGN.md); the agent may not.
                 "complete": got["messages"] == lines,
@@ -395,6 +416,9 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 "containers": n,
                 "rss_before_mib": base_rss,
                 "idle_rss_mib": status_mib(agent.pid, "VmRSS"),
+                "idle_rss_anon_mib": status_mib(agent.pid, "RssAnon"),
+                "idle_rss_file_mib": status_mib(agent.pid, "RssFile"),
+                "threads": status_int(agent.pid, "Threads"),
                 "peak_rss_mib": status_mib(agent.pid, "VmHWM"),
                 "idle_cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
                 "complete": True,
@@ -564,10 +588,11 @@ def report(res):
                     f"{spread(rows, 'p99_ms', '{:.1f}')} | {spread(rows, 'p999_ms', '{:.1f}')} | "
                     f"{spread(rows, 'max_ms', '{:.1f}')} | {spread(rows, 'cpu_pct', '{:.1f}')} | {rows[0]['load']} |"]
         if key == "idle":
-            out += ["", "| idle | runs | containers | RSS before containers MiB | idle RSS MiB | peak RSS MiB | idle CPU % | load |",
-                    "|---|---|---|---|---|---|---|---|",
+            out += ["", "| idle | runs | containers | RSS before containers MiB | idle RSS MiB (anon + file) | peak RSS MiB | threads | idle CPU % | load |",
+                    "|---|---|---|---|---|---|---|---|---|",
                     f"| one route | {len(rows)} | {rows[0]['containers']} | {spread(rows, 'rss_before_mib', '{:.1f}')} | "
-                    f"{spread(rows, 'idle_rss_mib', '{:.1f}')} | {spread(rows, 'peak_rss_mib', '{:.1f}')} | "
+                    f"{spread(rows, 'idle_rss_mib', '{:.1f}')} ({median(rows, 'idle_rss_anon_mib'):.1f} + {median(rows, 'idle_rss_file_mib'):.1f}) | "
+                    f"{spread(rows, 'peak_rss_mib', '{:.1f}')} | {rows[0]['threads']} | "
                     f"{spread(rows, 'idle_cpu_pct', '{:.2f}')} | {rows[0]['load']} |"]
     out.append("")
     out.append("Medians, with (min–max) over the runs.")

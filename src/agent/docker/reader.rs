@@ -33,10 +33,12 @@ pub struct ReadOptions {
     pub batch_lines: usize,
     /// Most message bytes per batch (a batch may exceed it by one line).
     pub batch_bytes: usize,
-    /// How long a batch that is not full waits for more lines while the stream is busy.
-    /// Docker sends one frame per HTTP chunk, so without it a fast log would be handed
-    /// over one or two lines at a time, and every line downstream would cost a task
-    /// wake-up and a sink write of its own. Bounds the latency it adds.
+    /// How long a batch that is not full waits for more lines while the stream is busy
+    /// (the previous batch was handed over less than this long ago; the first line after
+    /// a quiet spell goes at once). Docker sends one frame per HTTP chunk, so without it
+    /// a fast log would be handed over one or two lines at a time, and every line
+    /// downstream would cost a task wake-up and a sink write of its own. Bounds the
+    /// latency it adds.
     pub linger: Duration,
 }
 
@@ -199,11 +201,12 @@ impl Reader<'_> {
         // (a mutex) for every line.
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
-        // Armed when a batch gets its first line; the batch is handed over when it is
-        // full, when the stream is over, or when this fires.
+        // Armed when a batch gets its first line while the stream is busy; the batch is
+        // handed over when it is full, when the stream is over, or when this fires.
         let linger = tokio::time::sleep(self.opts.linger);
         tokio::pin!(linger);
         let mut lingering = false;
+        let mut last_handover: Option<tokio::time::Instant> = None;
         // Reading goes on while the receiver is busy, so that a slow receiver gets
         // bigger batches; bounded by lines and bytes.
         loop {
@@ -220,8 +223,11 @@ impl Reader<'_> {
                     }
                     batch_bytes += batch[before..].iter().map(|l| l.message.len()).sum::<usize>();
                     if before == 0 && !batch.is_empty() {
-                        linger.as_mut().reset(tokio::time::Instant::now() + self.opts.linger);
-                        lingering = true;
+                        let now = tokio::time::Instant::now();
+                        lingering = last_handover.is_some_and(|t| now < t + self.opts.linger);
+                        if lingering {
+                            linger.as_mut().reset(now + self.opts.linger);
+                        }
                     }
                 }
                 () = &mut linger, if lingering => lingering = false,
@@ -233,6 +239,7 @@ impl Reader<'_> {
                     permit.send(std::mem::replace(&mut batch, next));
                     batch_bytes = 0;
                     lingering = false;
+                    last_handover = Some(tokio::time::Instant::now());
                 }
             }
             if batch.is_empty() {
