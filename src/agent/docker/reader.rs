@@ -7,12 +7,14 @@
 //! end of a stream proves nothing: the container is inspected, and when it has stopped
 //! its log is re-read (without follow) from the cursor until a read finds nothing new.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
 use futures::StreamExt;
+use futures::future::Either;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,9 @@ pub struct ReadOptions {
     /// downstream would cost a task wake-up and a sink write of its own. Bounds the
     /// latency it adds.
     pub linger: Duration,
+    /// Docker's unix socket: when set, logs of non-TTY containers are read from it
+    /// directly (see `raw_logs`) rather than through bollard.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for ReadOptions {
@@ -49,6 +54,7 @@ impl Default for ReadOptions {
             batch_lines: 512,
             batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(2),
+            unix_socket: None,
         }
     }
 }
@@ -191,7 +197,20 @@ impl Reader<'_> {
             timestamps: true,
             tail: "all".to_string(),
         };
-        let mut stream = self.docker.logs(&self.container.id, Some(options));
+        let stream = match &self.opts.unix_socket {
+            Some(socket) if !self.container.tty => {
+                let path = format!(
+                    "/v{}/containers/{}/logs?stdout=1&stderr=1&timestamps=1&tail=all&follow={}&since={}",
+                    self.docker.client_version(),
+                    self.container.id,
+                    u8::from(options.follow),
+                    options.since,
+                );
+                Either::Left(super::raw_logs::logs(socket.clone(), path))
+            }
+            _ => Either::Right(self.docker.logs(&self.container.id, Some(options))),
+        };
+        tokio::pin!(stream);
         let mut new = false;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut batch_bytes = 0;
