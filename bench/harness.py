@@ -127,7 +127,7 @@ class Bench:
         return ids
 
     def remove(self, label):
-        ids = docker("ps", "-aq", "--filter", f"label=lrbench.run={label}").split()
+        ids = docker("ps", "-aq", "--filter", f"label=lrbench.run={label}", check=False).split()
         if ids:
             docker("rm", "-f", *ids, check=False)
 
@@ -506,7 +506,7 @@ def main():
     p.add_argument("--other-lines", type=int, default=200_000, help="lines for rsyslog and osmem")
     p.add_argument("--rate", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--pause-us", type=int, default=8500,
+    p.add_argument("--pause-us", type=int, default=8000,
                    help="sleep between 10 ms batches of the latency workload (the rest is fork+print)")
     p.add_argument("--idle-containers", type=int, default=20)
     p.add_argument("--idle-seconds", type=float, default=10)
@@ -539,7 +539,7 @@ def main():
                 rows = results["runs"].setdefault(key, [])
                 for i in range(a.runs):
                     log(f"== {key} run {i + 1}/{a.runs} (load {loadavg()})")
-                    r = fn()
+                    r = run_with_retries(fn)
                     log("   " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
                     rows.append(r)
                     if not r["complete"]:
@@ -556,6 +556,23 @@ def main():
     if a.smoke:
         log("SMOKE OK" if not failures else "SMOKE FAILED")
     sys.exit(1 if failures else 0)
+
+
+def run_with_retries(fn, attempts=3):
+    """Run one measurement; when it breaks (dockerd restarted by someone else's test, a
+    port taken), wait for dockerd and run it again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any failure of a run is retried
+            if attempt == attempts:
+                raise
+            log(f"   run failed ({e}); retrying")
+            deadline = now() + 120
+            while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+                if now() > deadline:
+                    raise
+                time.sleep(1)
 
 
 def cpu_model():
