@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -546,6 +547,10 @@ def main():
                         failures.append(f"{key} run {i + 1}: not every line arrived: {r}")
     finally:
         b.cleanup()
+        if not os.environ.get("LRBENCH_KEEP"):
+            shutil.rmtree(b.work, ignore_errors=True)
+        else:
+            log(f"agent logs and receiver files kept in {b.work}")
     results["machine"]["load_at_end"] = loadavg()
     if a.json:
         with open(a.json, "w") as f:
