@@ -27,6 +27,15 @@ impl Timestamp {
         chrono::DateTime::from_timestamp(self.secs, self.nanos).unwrap_or_default()
     }
 
+    /// Seconds from `self` to `later`; 0 when `later` is earlier (a clock stepped back).
+    /// Integer arithmetic only: it is taken for every record sent.
+    pub fn seconds_until(self, later: Timestamp) -> f64 {
+        let nanos = (i128::from(later.secs) - i128::from(self.secs)) * 1_000_000_000
+            + i128::from(later.nanos)
+            - i128::from(self.nanos);
+        nanos.max(0) as f64 / 1e9
+    }
+
     /// `seconds.nanoseconds`, the form Docker's `since` parameter accepts.
     pub fn to_docker_since(self) -> String {
         format!("{}.{:09}", self.secs, self.nanos)
@@ -88,4 +97,23 @@ pub struct Record {
     pub message: String,
     /// The line was longer than the agent's limit and was cut.
     pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timestamp;
+
+    #[test]
+    fn seconds_until_is_never_negative() {
+        let a = Timestamp {
+            secs: 10,
+            nanos: 900_000_000,
+        };
+        let b = Timestamp {
+            secs: 12,
+            nanos: 100_000_000,
+        };
+        assert!((a.seconds_until(b) - 1.2).abs() < 1e-9);
+        assert_eq!(b.seconds_until(a), 0.0);
+    }
 }

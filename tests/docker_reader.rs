@@ -544,3 +544,57 @@ async fn next_event<T>(
         }
     }
 }
+
+/// Reading through the unix socket directly (`ReadOptions::unix_socket`, what the agent
+/// does) yields exactly what reading through bollard yields: lines, streams, timestamps,
+/// cuts and cursors, from the start and from a cursor in the middle.
+#[tokio::test]
+async fn the_direct_socket_reader_yields_what_bollard_yields() {
+    let Some(docker) = support::docker::docker().await else {
+        return;
+    };
+    let script = "seq 1 3000 | sed 's/^/out /'; seq 1 50 | sed 's/^/err /' >&2; \
+                  head -c 40000 /dev/zero | tr '\\0' x; echo; printf '\\377 bad\\n'; \
+                  head -c 70000 /dev/zero | tr '\\0' y; echo; printf 'no newline'";
+    let c = TestContainer::run(&docker, Spec::sh(script)).await;
+    let m = metrics();
+    let bollard = ReadOptions {
+        max_line_bytes: 60000,
+        ..Default::default()
+    };
+    let direct = ReadOptions {
+        unix_socket: Some("/var/run/docker.sock".into()),
+        ..bollard.clone()
+    };
+    let (via_bollard, end_bollard) =
+        read_all(&docker, &c, None, bollard.clone(), &m, Duration::ZERO).await;
+    let (via_socket, end_socket) =
+        read_all(&docker, &c, None, direct.clone(), &m, Duration::ZERO).await;
+    assert_eq!(via_bollard.len(), 3000 + 50 + 4);
+    assert_eq!(via_socket, via_bollard);
+    assert_eq!(end_socket, end_bollard);
+    let from = Some(via_bollard[1234].cursor);
+    let (rest_bollard, _) = read_all(&docker, &c, from, bollard, &m, Duration::ZERO).await;
+    let (rest_socket, _) = read_all(&docker, &c, from, direct.clone(), &m, Duration::ZERO).await;
+    assert_eq!(rest_socket, rest_bollard);
+    assert_eq!(rest_socket.len(), via_bollard.len() - 1235);
+
+    // Errors are classified as through bollard: a removed container is gone for good.
+    let info = c.info().await;
+    c.remove().await;
+    let (tx, _rx) = mpsc::channel(1);
+    let r = follow(
+        &docker,
+        &info,
+        None,
+        &direct,
+        &tx,
+        &m,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(DockerError::ContainerGone { .. })),
+        "expected the container to be gone, got {r:?}"
+    );
+}

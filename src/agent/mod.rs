@@ -208,6 +208,7 @@ impl Agent {
             identity,
             read: docker::ReadOptions {
                 max_line_bytes: args.max_line_bytes,
+                unix_socket: docker::unix_socket(&args.docker_host),
                 ..Default::default()
             },
             start,

@@ -9,6 +9,7 @@
 mod cursor;
 mod discovery;
 mod lines;
+mod raw_logs;
 mod reader;
 
 use std::time::Duration;
@@ -145,6 +146,14 @@ pub fn connect(docker_host: &str) -> Result<Docker, DockerError> {
         host: docker_host.to_string(),
         source,
     })
+}
+
+/// The socket of a `unix://` (or bare path) Docker endpoint, for [`ReadOptions::unix_socket`].
+pub fn unix_socket(docker_host: &str) -> Option<std::path::PathBuf> {
+    let path = docker_host
+        .strip_prefix("unix://")
+        .or(docker_host.starts_with('/').then_some(docker_host))?;
+    Some(path.into())
 }
 
 /// Lower the client's API version to the daemon's when the daemon is older than bollard

@@ -7,10 +7,14 @@
 //! end of a stream proves nothing: the container is inspected, and when it has stopped
 //! its log is re-read (without follow) from the cursor until a read finds nothing new.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
 use futures::StreamExt;
+use futures::future::Either;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +35,16 @@ pub struct ReadOptions {
     pub batch_lines: usize,
     /// Most message bytes per batch (a batch may exceed it by one line).
     pub batch_bytes: usize,
+    /// How long a batch that is not full waits for more lines while the stream is busy
+    /// (the previous batch was handed over less than this long ago; the first line after
+    /// a quiet spell goes at once). Docker sends one frame per HTTP chunk, so without it
+    /// a fast log would be handed over one or two lines at a time, and every line
+    /// downstream would cost a task wake-up and a sink write of its own. Bounds the
+    /// latency it adds.
+    pub linger: Duration,
+    /// Docker's unix socket: when set, logs of non-TTY containers are read from it
+    /// directly (see `raw_logs`) rather than through bollard.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for ReadOptions {
@@ -39,6 +53,8 @@ impl Default for ReadOptions {
             max_line_bytes: 1024 * 1024,
             batch_lines: 512,
             batch_bytes: 1024 * 1024,
+            linger: Duration::from_millis(2),
+            unix_socket: None,
         }
     }
 }
@@ -181,19 +197,43 @@ impl Reader<'_> {
             timestamps: true,
             tail: "all".to_string(),
         };
-        let mut stream = self.docker.logs(&self.container.id, Some(options));
+        let stream = match &self.opts.unix_socket {
+            Some(socket) if !self.container.tty => {
+                let path = format!(
+                    "/v{}/containers/{}/logs?stdout=1&stderr=1&timestamps=1&tail=all&follow={}&since={}",
+                    self.docker.client_version(),
+                    self.container.id,
+                    u8::from(options.follow),
+                    options.since,
+                );
+                Either::Left(super::raw_logs::logs(socket.clone(), path))
+            }
+            _ => Either::Right(self.docker.logs(&self.container.id, Some(options))),
+        };
+        tokio::pin!(stream);
         let mut new = false;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut batch_bytes = 0;
         // Set once the stream is over: `Ok` at its end, `Err` on a failure.
         let mut outcome: Option<Result<(), DockerError>> = None;
+        // Created once: a fresh `cancelled()` per frame would register with the token
+        // (a mutex) for every line.
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        // Armed when a batch gets its first line while the stream is busy; the batch is
+        // handed over when it is full, when the stream is over, or when this fires.
+        let linger = tokio::time::sleep(self.opts.linger);
+        tokio::pin!(linger);
+        let mut lingering = false;
+        let mut last_handover: Option<tokio::time::Instant> = None;
         // Reading goes on while the receiver is busy, so that a slow receiver gets
-        // bigger batches rather than one line per turn; bounded by lines and bytes.
+        // bigger batches; bounded by lines and bytes.
         loop {
             let full = batch.len() >= self.opts.batch_lines || batch_bytes >= self.opts.batch_bytes;
+            let due = !batch.is_empty() && (full || outcome.is_some() || !lingering);
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ok(ReadEnd::Shutdown),
+                _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
                 item = stream.next(), if outcome.is_none() && !full => {
                     let before = batch.len();
                     outcome = self.take(item, &mut batch, &mut new);
@@ -201,12 +241,24 @@ impl Reader<'_> {
                         self.lines.flush(&mut batch);
                     }
                     batch_bytes += batch[before..].iter().map(|l| l.message.len()).sum::<usize>();
+                    if before == 0 && !batch.is_empty() {
+                        let now = tokio::time::Instant::now();
+                        lingering = last_handover.is_some_and(|t| now < t + self.opts.linger);
+                        if lingering {
+                            linger.as_mut().reset(now + self.opts.linger);
+                        }
+                    }
                 }
-                permit = self.tx.reserve(), if !batch.is_empty() => {
+                () = &mut linger, if lingering => lingering = false,
+                permit = self.tx.reserve(), if due => {
                     let permit = permit.map_err(|_| DockerError::ReceiverClosed { container: self.container.display() })?;
                     self.sent = self.count(&batch);
-                    permit.send(std::mem::take(&mut batch));
+                    // The next batch is likely the size of this one.
+                    let next = Vec::with_capacity(batch.len());
+                    permit.send(std::mem::replace(&mut batch, next));
                     batch_bytes = 0;
+                    lingering = false;
+                    last_handover = Some(tokio::time::Instant::now());
                 }
             }
             if batch.is_empty() {

@@ -50,7 +50,7 @@ use serde::ser::{SerializeMap, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::index::IndexTemplate;
-use crate::record::{Record, Timestamp};
+use crate::record::{ContainerInfo, Record, Timestamp};
 
 /// One batch as NDJSON: all action and document lines in one buffer, with the byte range
 /// of each record's two lines so that any subset can be sent again without re-encoding.
@@ -101,44 +101,95 @@ impl Encoder {
     pub fn encode(&self, records: &[Arc<Record>]) -> EncodedBatch {
         let mut out = EncodedBatch {
             buf: Vec::with_capacity(records.len() * 512),
-            spans: Vec::new(),
+            spans: Vec::with_capacity(records.len()),
         };
         let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
         // Consecutive records of one container within one second share their index name.
-        let mut last: Option<(*const crate::record::ContainerInfo, i64, String)> = None;
+        let mut last: Option<(*const ContainerInfo, i64, String)> = None;
+        // The container's part of the document, serialized once per container and batch
+        // (the batch holds the `Arc`s, so the addresses stay unique meanwhile).
+        let mut tails: HashMap<*const ContainerInfo, Vec<u8>> = HashMap::new();
+        let mut second = SecondText::default();
         for record in records {
             let start = out.buf.len();
             let key = (Arc::as_ptr(&record.container), record.timestamp.secs);
-            let index = match &last {
-                Some((ptr, secs, name)) if (*ptr, *secs) == key => name.clone(),
-                _ => {
-                    let name = self.template.render(record);
-                    last = Some((key.0, key.1, name.clone()));
-                    name
-                }
-            };
+            if last
+                .as_ref()
+                .is_some_and(|(ptr, secs, _)| (*ptr, *secs) != key)
+            {
+                last = None;
+            }
+            let (_, _, index) =
+                last.get_or_insert_with(|| (key.0, key.1, self.template.render(record)));
             let id = document_id(record, &mut seen);
             write_json(
                 &mut out.buf,
                 &ActionLine {
-                    create: ActionMeta {
-                        index: &index,
-                        id: &id,
-                    },
+                    create: ActionMeta { index, id: &id },
                 },
             );
             out.buf.push(b'\n');
+            // The document as `EcsDocument` serializes it, with the container's part
+            // copied from `tails`.
+            out.buf.extend_from_slice(b"{\"@timestamp\":\"");
+            second.write(record.timestamp, &mut out.buf);
+            out.buf.extend_from_slice(b"\",\"message\":");
+            write_json(&mut out.buf, &record.message);
+            out.buf.extend_from_slice(b",\"log\":");
             write_json(
                 &mut out.buf,
-                &EcsDocument {
-                    record,
-                    node: &self.node,
+                &Log {
+                    iostream: record.stream.as_str(),
+                    truncated: record.truncated,
                 },
             );
+            let tail = tails.entry(key.0).or_insert_with(|| {
+                let mut tail = Vec::new();
+                write_json(
+                    &mut tail,
+                    &ContainerFields {
+                        c: &record.container,
+                        node: &self.node,
+                    },
+                );
+                // `{"container":...}` → `,"container":...}`
+                tail[0] = b',';
+                tail
+            });
+            out.buf.extend_from_slice(tail);
             out.buf.push(b'\n');
             out.spans.push(start..out.buf.len());
         }
         out
+    }
+}
+
+/// `@timestamp` text, with the date and time of the current second formatted once.
+#[derive(Default)]
+struct SecondText {
+    secs: Option<i64>,
+    text: String,
+}
+
+impl SecondText {
+    /// RFC 3339, UTC, always nine fraction digits (as [`Rfc3339Nanos`]).
+    fn write(&mut self, ts: Timestamp, out: &mut Vec<u8>) {
+        if self.secs != Some(ts.secs) {
+            let t = Timestamp {
+                secs: ts.secs,
+                nanos: 0,
+            };
+            self.text = t.to_datetime().format("%Y-%m-%dT%H:%M:%S").to_string();
+            self.secs = Some(ts.secs);
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        let mut nanos = ts.nanos;
+        let mut digits = *b".000000000Z";
+        for d in digits[1..10].iter_mut().rev() {
+            *d = b'0' + (nanos % 10) as u8;
+            nanos /= 10;
+        }
+        out.extend_from_slice(&digits);
     }
 }
 
@@ -247,11 +298,41 @@ impl Serialize for EcsDocument<'_> {
                 truncated: r.truncated,
             },
         )?;
-        m.serialize_entry("container", &Container { c })?;
-        m.serialize_entry("host", &Name(node))?;
-        if let Some(pod) = &c.pod {
-            m.serialize_entry("kubernetes", &Kubernetes { pod, node })?;
-        }
+        write_container_fields(&mut m, c, node)?;
+        m.end()
+    }
+}
+
+/// `container`, `host` and `kubernetes`: the fields that depend on the container only.
+fn write_container_fields<M: SerializeMap>(
+    m: &mut M,
+    c: &ContainerInfo,
+    node: &str,
+) -> Result<(), M::Error> {
+    m.serialize_entry("container", &Container { c })?;
+    m.serialize_entry("host", &Name(node))?;
+    if let Some(pod) = &c.pod {
+        m.serialize_entry("kubernetes", &Kubernetes { pod, node })?;
+    }
+    Ok(())
+}
+
+/// An object with just the container's fields of [`EcsDocument`].
+struct ContainerFields<'a> {
+    c: &'a ContainerInfo,
+    /// Fallback for `host.name`, as in [`EcsDocument`].
+    node: &'a str,
+}
+
+impl Serialize for ContainerFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let node = if self.c.node.is_empty() {
+            self.node
+        } else {
+            self.c.node.as_str()
+        };
+        let mut m = s.serialize_map(None)?;
+        write_container_fields(&mut m, self.c, node)?;
         m.end()
     }
 }
@@ -273,7 +354,7 @@ impl Serialize for Log<'_> {
 }
 
 struct Container<'a> {
-    c: &'a crate::record::ContainerInfo,
+    c: &'a ContainerInfo,
 }
 
 impl Serialize for Container<'_> {
@@ -336,7 +417,7 @@ mod tests {
 
     use super::*;
     use crate::api::StreamName;
-    use crate::record::{ContainerInfo, PodInfo};
+    use crate::record::PodInfo;
 
     fn pod_container() -> Arc<ContainerInfo> {
         Arc::new(ContainerInfo {
@@ -479,6 +560,53 @@ mod tests {
         assert_ne!(first[1], first[2]);
         // The record alone (as the first of a later batch) keeps its id.
         assert_eq!(ids(&enc.encode(&batch[2..]))[0], first[2]);
+    }
+
+    /// The batch encoder copies the container's part of each document from a cache;
+    /// what it writes must be what `EcsDocument` serializes.
+    #[test]
+    fn batch_documents_are_what_ecs_document_serializes() {
+        let host = Arc::new(ContainerInfo {
+            id: "abc".into(),
+            name: "db".into(),
+            labels: BTreeMap::from([("a.b".into(), "c".into())]),
+            ..ContainerInfo::default()
+        });
+        let pod = pod_container();
+        let mut records = Vec::new();
+        for i in 0..40u32 {
+            let c = if i % 3 == 0 { &host } else { &pod };
+            let mut r = (*record(
+                c,
+                1_709_251_199 + i64::from(i / 7),
+                i * 37_777_777 % 1_000_000_000,
+                "m \"q\" \u{1}é",
+            ))
+            .clone();
+            r.truncated = i % 5 == 0;
+            records.push(Arc::new(r));
+        }
+        let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "fallback".into());
+        let batch = enc.encode(&records);
+        let docs: Vec<&[u8]> = batch
+            .buf
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .skip(1)
+            .step_by(2)
+            .collect();
+        assert_eq!(docs.len(), records.len());
+        for (doc, r) in docs.iter().zip(&records) {
+            let expected = serde_json::to_vec(&EcsDocument {
+                record: r,
+                node: "fallback",
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(doc),
+                String::from_utf8_lossy(&expected)
+            );
+        }
     }
 
     #[test]

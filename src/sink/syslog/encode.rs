@@ -19,11 +19,12 @@
 
 use std::borrow::Cow;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use chrono::{Datelike, Timelike};
 
 use crate::api::StreamName;
-use crate::record::Record;
+use crate::record::{ContainerInfo, Record};
 use crate::route::document::{SyslogConfig, SyslogFormat, SyslogFraming, SyslogTransport};
 
 /// SD-ID of logroute's structured data element: `logroute@` + a private enterprise number.
@@ -85,6 +86,31 @@ pub struct Encoder {
     /// The node name for structured data (escaped when written).
     node: String,
     scratch: Vec<u8>,
+    /// Header parts of the containers seen last (see [`Head`]).
+    heads: Vec<Head>,
+    /// Where the next new [`Head`] goes once `heads` is full.
+    next_head: usize,
+    /// The current second, formatted (`2024-05-01T10:00:00` or `May  1 10:00:00`).
+    second: Option<(i64, Vec<u8>)>,
+}
+
+/// How many containers' header parts an encoder keeps: a sink's batches interleave the
+/// containers it reads, and there are few of them at a time.
+const HEAD_CACHE: usize = 16;
+
+/// The parts of a header that depend only on the container and the stream, built once
+/// rather than for every record. Keyed by the record's `Arc<ContainerInfo>` (kept here,
+/// so that its address cannot be reused by another container while it is cached); the
+/// pipeline makes a new one when a container's metadata changes.
+#[derive(Debug)]
+struct Head {
+    container: Arc<ContainerInfo>,
+    stream: StreamName,
+    /// `<PRI>1 ` (RFC 5424) or `<PRI>` (RFC 3164): what comes before the timestamp.
+    pri: Vec<u8>,
+    /// What follows the timestamp, up to (without) the space before MSG, structured
+    /// data included.
+    rest: Vec<u8>,
 }
 
 impl Encoder {
@@ -102,12 +128,135 @@ impl Encoder {
             hostname,
             node: node.to_string(),
             scratch: Vec::new(),
+            heads: Vec::new(),
+            next_head: 0,
+            second: None,
         }
     }
 
     /// Append the frame for `record` to `out`. Returns true when the message had to be
     /// cut to fit `max_message_bytes`.
     pub fn encode(&mut self, record: &Record, out: &mut Vec<u8>) -> bool {
+        if (self.framing != Framing::Newline || !record.message.contains('\n'))
+            && self.encode_whole(record, out)
+        {
+            return false;
+        }
+        self.encode_with_limits(record, out)
+    }
+
+    /// The common case: a message that fits whole, written straight into `out` from the
+    /// cached header parts. Writes nothing and returns false when it does not fit.
+    fn encode_whole(&mut self, record: &Record, out: &mut Vec<u8>) -> bool {
+        self.format_second(record.timestamp.secs);
+        let head = self.head(record);
+        let head = &self.heads[head];
+        let second = self.second.as_ref().map_or(&[][..], |(_, s)| s);
+        let fraction = match self.format {
+            SyslogFormat::Rfc5424 => ".123456Z".len(),
+            SyslogFormat::Rfc3164 => 0,
+        };
+        let msg = record.message.as_bytes();
+        let len = head.pri.len()
+            + second.len()
+            + fraction
+            + head.rest.len()
+            + if msg.is_empty() { 0 } else { 1 + msg.len() };
+        if len > self.max_message_bytes {
+            return false;
+        }
+        if self.framing == Framing::OctetCounting {
+            push_decimal(out, len);
+            out.push(b' ');
+        }
+        out.extend_from_slice(&head.pri);
+        out.extend_from_slice(second);
+        if fraction > 0 {
+            let mut micros = record.timestamp.nanos / 1000 % 1_000_000;
+            let mut digits = *b".000000Z";
+            for d in digits[1..7].iter_mut().rev() {
+                *d = b'0' + (micros % 10) as u8;
+                micros /= 10;
+            }
+            out.extend_from_slice(&digits);
+        }
+        out.extend_from_slice(&head.rest);
+        if !msg.is_empty() {
+            out.push(b' ');
+            out.extend_from_slice(msg);
+        }
+        if self.framing == Framing::Newline {
+            out.push(b'\n');
+        }
+        true
+    }
+
+    /// Index in `heads` of the header parts for `record`, built on a miss.
+    fn head(&mut self, record: &Record) -> usize {
+        if let Some(i) = self
+            .heads
+            .iter()
+            .position(|h| h.stream == record.stream && Arc::ptr_eq(&h.container, &record.container))
+        {
+            return i;
+        }
+        let mut pri = Vec::new();
+        self.write_pri(record.stream, &mut pri);
+        let mut rest = Vec::new();
+        self.write_rest(record, true, &mut rest);
+        let head = Head {
+            container: record.container.clone(),
+            stream: record.stream,
+            pri,
+            rest,
+        };
+        if self.heads.len() < HEAD_CACHE {
+            self.heads.push(head);
+            self.heads.len() - 1
+        } else {
+            let i = self.next_head;
+            self.next_head = (i + 1) % HEAD_CACHE;
+            self.heads[i] = head;
+            i
+        }
+    }
+
+    /// Make `second` hold second `secs`, formatted; records come in time order, so this
+    /// formats about once a second.
+    fn format_second(&mut self, secs: i64) {
+        if self.second.as_ref().is_some_and(|(s, _)| *s == secs) {
+            return;
+        }
+        let ts = crate::record::Timestamp { secs, nanos: 0 }.to_datetime();
+        let mut text = Vec::with_capacity(20);
+        match self.format {
+            SyslogFormat::Rfc5424 => write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                ts.year(),
+                ts.month(),
+                ts.day(),
+                ts.hour(),
+                ts.minute(),
+                ts.second(),
+            ),
+            SyslogFormat::Rfc3164 => write!(
+                text,
+                "{} {:2} {:02}:{:02}:{:02}",
+                MONTHS[ts.month0() as usize],
+                ts.day(),
+                ts.hour(),
+                ts.minute(),
+                ts.second(),
+            ),
+        }
+        .expect("writing into a Vec cannot fail");
+        self.second = Some((secs, text));
+    }
+
+    /// Any message: cut to `max_message_bytes` when needed, newlines escaped under
+    /// newline framing. Returns true when the message was cut.
+    fn encode_with_limits(&mut self, record: &Record, out: &mut Vec<u8>) -> bool {
         let msg: Cow<str> = if self.framing == Framing::Newline && record.message.contains('\n') {
             Cow::Owned(record.message.replace('\n', NEWLINE_ESCAPE))
         } else {
@@ -154,27 +303,40 @@ impl Encoder {
     }
 
     /// Everything before MSG (without the space that separates MSG).
-    fn write_header(&self, record: &Record, with_sd: bool, out: &mut Vec<u8>) {
-        let pri = u16::from(self.facility) * 8 + u16::from(self.severity(record.stream));
+    fn write_header(&mut self, record: &Record, with_sd: bool, out: &mut Vec<u8>) {
+        self.write_pri(record.stream, out);
+        self.format_second(record.timestamp.secs);
+        if let Some((_, second)) = &self.second {
+            out.extend_from_slice(second);
+        }
+        if self.format == SyslogFormat::Rfc5424 {
+            let micros = record.timestamp.to_datetime().nanosecond() / 1000 % 1_000_000;
+            write!(out, ".{micros:06}Z").expect("writing into a Vec cannot fail");
+        }
+        self.write_rest(record, with_sd, out);
+    }
+
+    /// `<PRI>1 ` (RFC 5424) or `<PRI>` (RFC 3164).
+    fn write_pri(&self, stream: StreamName, out: &mut Vec<u8>) {
+        let pri = u16::from(self.facility) * 8 + u16::from(self.severity(stream));
+        match self.format {
+            SyslogFormat::Rfc5424 => write!(out, "<{pri}>1 "),
+            SyslogFormat::Rfc3164 => write!(out, "<{pri}>"),
+        }
+        .expect("writing into a Vec cannot fail");
+    }
+
+    /// The header after the timestamp: ` HOSTNAME APP-NAME PROCID MSGID SD` (RFC 5424)
+    /// or ` HOSTNAME TAG[ID]:` (RFC 3164).
+    fn write_rest(&self, record: &Record, with_sd: bool, out: &mut Vec<u8>) {
         let c = &record.container;
         let app = c.pod.as_ref().map(|p| p.name.as_str()).unwrap_or(&c.name);
-        let ts = record.timestamp.to_datetime();
         let mut field = String::new();
+        out.push(b' ');
+        out.extend_from_slice(self.hostname.as_bytes());
+        out.push(b' ');
         match self.format {
             SyslogFormat::Rfc5424 => {
-                write!(
-                    out,
-                    "<{pri}>1 {:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z {} ",
-                    ts.year(),
-                    ts.month(),
-                    ts.day(),
-                    ts.hour(),
-                    ts.minute(),
-                    ts.second(),
-                    ts.nanosecond() / 1000 % 1_000_000,
-                    self.hostname,
-                )
-                .expect("writing into a Vec cannot fail");
                 for (value, max) in [
                     (app, APP_NAME_MAX),
                     (c.short_id(), PROCID_MAX),
@@ -192,17 +354,6 @@ impl Encoder {
                 }
             }
             SyslogFormat::Rfc3164 => {
-                write!(
-                    out,
-                    "<{pri}>{} {:2} {:02}:{:02}:{:02} {} ",
-                    MONTHS[ts.month0() as usize],
-                    ts.day(),
-                    ts.hour(),
-                    ts.minute(),
-                    ts.second(),
-                    self.hostname,
-                )
-                .expect("writing into a Vec cannot fail");
                 push_tag(&mut field, app);
                 out.extend_from_slice(field.as_bytes());
                 field.clear();
@@ -227,6 +378,21 @@ impl Encoder {
         push_param(out, "node", &self.node);
         out.push(b']');
     }
+}
+
+/// `n` in decimal, without going through `fmt`.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// ` name="value"` with the value escaped per RFC 5424 §6.3.3 (`"`, `\` and `]`).

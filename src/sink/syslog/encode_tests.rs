@@ -408,3 +408,53 @@ fn frames_are_appended_to_the_batch_buffer() {
     assert!(unframe(&text[..first]).ends_with("] one"));
     assert!(unframe(&text[first..]).ends_with("] two"));
 }
+
+/// The cached-header path must write exactly what the general path writes, for every
+/// format and framing, across seconds, containers, streams and cache evictions.
+#[test]
+fn the_fast_path_writes_what_the_general_path_writes() {
+    let containers: Vec<Arc<ContainerInfo>> = (0..HEAD_CACHE + 3)
+        .map(|i| {
+            if i % 2 == 0 {
+                pod_container()
+            } else {
+                host_container()
+            }
+        })
+        .collect();
+    for format in [SyslogFormat::Rfc5424, SyslogFormat::Rfc3164] {
+        for (transport, framing) in [
+            (SyslogTransport::Tcp, SyslogFraming::OctetCounting),
+            (SyslogTransport::Tcp, SyslogFraming::Newline),
+            (SyslogTransport::Udp, SyslogFraming::OctetCounting),
+        ] {
+            let cfg = config(format, transport, framing);
+            let mut fast = Encoder::new(&cfg, "node-1");
+            let mut general = Encoder::new(&cfg, "node-1");
+            for i in 0..200u32 {
+                let stream = if i % 3 == 0 {
+                    StreamName::Stderr
+                } else {
+                    StreamName::Stdout
+                };
+                let mut rec = record(
+                    containers[i as usize % containers.len()].clone(),
+                    stream,
+                    if i % 7 == 0 { "" } else { "a message é]\"" },
+                );
+                rec.timestamp = Timestamp {
+                    secs: TS.secs + i64::from(i / 10),
+                    nanos: i * 4_999_999 % 1_000_000_000,
+                };
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                assert!(!fast.encode(&rec, &mut a));
+                assert!(!general.encode_with_limits(&rec, &mut b));
+                assert_eq!(
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b),
+                    "{format:?} {framing:?} record {i}"
+                );
+            }
+        }
+    }
+}

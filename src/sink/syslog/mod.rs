@@ -286,12 +286,9 @@ impl SyslogSink {
         m.sent.inc_by(accepted.len() as u64);
         m.cut
             .inc_by(self.cut[..accepted.len()].iter().filter(|&&c| c).count() as u64);
-        let now = chrono::Utc::now();
+        let now = crate::record::Timestamp::now();
         for record in accepted {
-            let age = (now - record.timestamp.to_datetime())
-                .to_std()
-                .unwrap_or_default();
-            m.end_to_end.observe(age.as_secs_f64());
+            m.end_to_end.observe(record.timestamp.seconds_until(now));
         }
         if whole_batch {
             m.send_latency.observe(started.elapsed().as_secs_f64());
