@@ -1,5 +1,6 @@
-//! Restarting the shared dockerd the way tests/docker_restart.rs does (SIGKILL as in a
-//! crash, then `dockerd --live-restore`, which reattaches to the running containers).
+//! Restarting the shared dockerd for tests/docker_restart.rs and tests/delivery.rs
+//! (SIGKILL as in a crash, then `dockerd --live-restore`, which reattaches to the running
+//! containers).
 //! Callers keep such tests serialized and short.
 
 use std::process::{Command, Stdio};
