@@ -12,13 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
-use bollard::query_parameters::CreateContainerOptions;
 use serde_json::json;
 use tokio::sync::Mutex;
 
 use support::agent_proc::AgentProc;
-use support::docker::{Spec, TestContainer, busybox_image, docker, pod_labels, pod_uid};
+use support::docker::{Spec, TestContainer, docker, pod_labels, pod_uid};
 use support::osmem::{self, Osmem};
 use support::rsyslog::Rsyslog;
 
@@ -118,10 +116,8 @@ impl Setup {
             if linger { "; sleep 600" } else { "" }
         );
         let labels = pod_labels(&self.ns, tag, &pod_uid(), "app");
-        if log_opts.is_empty() {
-            return TestContainer::run(&self.docker, Spec::sh(script).labels(labels)).await;
-        }
-        run_with_log_opts(&self.docker, &script, labels, log_opts).await
+        let spec = Spec::sh(script).labels(labels).log_opts(log_opts);
+        TestContainer::run(&self.docker, spec).await
     }
 
     /// Messages rsyslog received, without padding (see [`Print`]).
@@ -180,52 +176,6 @@ impl Print {
             linger: false,
         }
     }
-}
-
-/// Like `TestContainer::run` with json-file options (`max-size`, `max-file`).
-async fn run_with_log_opts(
-    docker: &Docker,
-    script: &str,
-    mut labels: HashMap<String, String>,
-    opts: &[(&str, &str)],
-) -> TestContainer {
-    labels.insert(support::docker::TEST_LABEL.into(), "1".into());
-    let name = format!("lrtest-{}-rot-{}", std::process::id(), fastrand::u32(..));
-    let body = ContainerCreateBody {
-        image: Some(busybox_image().to_string()),
-        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
-        labels: Some(labels),
-        host_config: Some(HostConfig {
-            network_mode: Some("none".into()),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(
-                    opts.iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                platform: String::new(),
-            }),
-            body,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("creating {name} failed: {e}"));
-    let c = TestContainer {
-        docker: docker.clone(),
-        id: created.id,
-        name,
-    };
-    c.start().await;
-    c
 }
 
 /// How often each expected line `<tag>-<n>` arrived.

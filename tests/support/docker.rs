@@ -190,6 +190,8 @@ pub struct Spec {
     pub created_only: bool,
     /// Docker log driver; default the daemon's (json-file).
     pub log_driver: Option<String>,
+    /// Log driver options, e.g. json-file `max-size` / `max-file`.
+    pub log_opts: HashMap<String, String>,
 }
 
 impl Spec {
@@ -225,6 +227,12 @@ impl Spec {
         self
     }
 
+    pub fn log_opts(mut self, opts: &[(&str, &str)]) -> Self {
+        self.log_opts
+            .extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
     pub fn created_only(mut self) -> Self {
         self.created_only = true;
         self
@@ -255,9 +263,15 @@ impl TestContainer {
             tty: Some(spec.tty),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
-                log_config: spec.log_driver.clone().map(|typ| HostConfigLogConfig {
-                    typ: Some(typ),
-                    config: None,
+                log_config: (spec.log_driver.is_some() || !spec.log_opts.is_empty()).then(|| {
+                    HostConfigLogConfig {
+                        typ: Some(
+                            spec.log_driver
+                                .clone()
+                                .unwrap_or_else(|| "json-file".into()),
+                        ),
+                        config: Some(spec.log_opts.clone()),
+                    }
                 }),
                 ..Default::default()
             }),
