@@ -53,6 +53,7 @@ impl Harness {
             queue_records: 8192,
             catchup_streams: 8,
             checkpoint_sync_ms: 1000,
+            route_grace_seconds: 600,
         };
         let (cache, feed) = PodCache::fed();
         let source = RouteSource::Files {
