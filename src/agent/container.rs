@@ -21,7 +21,7 @@ use crate::agent::pipeline::{AgentContext, resolve_info, resolve_info_now};
 use crate::agent::pods::{self, PodCache};
 use crate::agent::routes::RouteTable;
 use crate::api::EXCLUDE_KEY;
-use crate::record::ContainerInfo;
+use crate::record::{ContainerInfo, Timestamp};
 use crate::sink::worker::Queued;
 
 /// How often lanes waiting to catch up look for room in their sink's queue.
@@ -456,7 +456,7 @@ impl Following {
 fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
     match container.started_at {
         Some(t) => {
-            let run = Cursor::at(crate::record::Timestamp {
+            let run = Cursor::at(Timestamp {
                 secs: t.secs - 1,
                 nanos: t.nanos,
             });
@@ -477,18 +477,26 @@ fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
 /// So a pod created together with its LogRoute loses no line because the agent
 /// learned of the route late, and an agent started after its routes existed reads what
 /// their containers wrote since.
-fn lane_start(
-    ctx: &AgentContext,
-    container: &DockerContainer,
-    since: Option<crate::record::Timestamp>,
+fn lane_start(ctx: &AgentContext, container: &DockerContainer, since: Option<Timestamp>) -> Cursor {
+    new_lane_start(ctx.restart_floor, ctx.start, container.started_at, since)
+}
+
+/// [`lane_start`] without the context: `floor` is the agent's restart floor, `default`
+/// its start point for sinks without a `since`, `started_at` the container's current run.
+pub(crate) fn new_lane_start(
+    floor: Cursor,
+    default: Cursor,
+    started_at: Option<Timestamp>,
+    since: Option<Timestamp>,
 ) -> Cursor {
     let route = match since {
-        Some(t) => furthest(Cursor::at(t), &ctx.restart_floor),
-        None => ctx.start,
+        Some(t) => furthest(Cursor::at(t), &floor),
+        None => default,
     };
-    match container.started_at {
+    match started_at {
+        // Less a second for lines stamped while dockerd was recording the start.
         Some(t) => furthest(
-            Cursor::at(crate::record::Timestamp {
+            Cursor::at(Timestamp {
                 secs: t.secs - 1,
                 nanos: t.nanos,
             }),
@@ -591,4 +599,41 @@ async fn catch_up(
             result,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp { secs, nanos: 0 }
+    }
+
+    #[test]
+    fn a_new_lane_starts_at_the_later_of_the_containers_run_and_the_routes_creation() {
+        let first_start = Cursor::default();
+        let now = Cursor::at(t(5_000));
+        // Route created after the container started: from the route's creation.
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(1_000)), Some(t(2_000))),
+            Cursor::at(t(2_000))
+        );
+        // Container started after the route: from the container's start (less 1 s).
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(3_000)), Some(t(2_000))),
+            Cursor::at(t(2_999))
+        );
+        // After a clean restart, never before the restart floor.
+        let floor = Cursor::at(t(4_000));
+        assert_eq!(
+            new_lane_start(floor, floor, Some(t(1_000)), Some(t(2_000))),
+            floor
+        );
+        // Routes from files carry no creation time: the agent's start point.
+        assert_eq!(new_lane_start(first_start, now, Some(t(1_000)), None), now);
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(6_000)), None),
+            Cursor::at(t(5_999))
+        );
+    }
 }

@@ -294,3 +294,6 @@ mod files;
 
 pub use cluster::watch_cluster;
 pub use files::{DirSecrets, load_file, watch_files};
+
+#[cfg(test)]
+mod tests;
