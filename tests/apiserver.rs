@@ -320,7 +320,12 @@ async fn writes_follow_the_api_server_rules() {
     );
 
     // Finalizers: delete marks, emptying the finalizers removes.
-    let patch = json!([{"op": "test", "path": "/metadata/labels/x", "value": "1"}, {"op": "add", "path": "/metadata/finalizers", "value": ["test/hold"]}]);
+    // As kube's finalizer helper sends it: a missing path tests equal to null.
+    let patch = json!([
+        {"op": "test", "path": "/metadata/labels/x", "value": "1"},
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["test/hold"]}
+    ]);
     maps.patch(
         "a",
         &PatchParams::default(),
