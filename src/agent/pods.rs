@@ -95,7 +95,8 @@ pub fn pod_info_from_sandbox(
     }
 }
 
-/// This node's pods, kept by a reflector. Tests build it over a store they feed.
+/// This node's pods, kept by a reflector over the API server (tests run one: the
+/// watch, its initial list and its re-lists are what they exercise).
 #[derive(Clone)]
 pub struct PodCache {
     store: Store<Pod>,
@@ -135,17 +136,6 @@ impl PodCache {
         (Self::new(store, changes), driver)
     }
 
-    /// A cache whose store is written by the caller through [`PodFeed`] instead of a
-    /// watch: the agent's integration tests use it to play the API server's part.
-    pub fn fed() -> (Self, PodFeed) {
-        let (store, writer) = reflector::store();
-        let (tick, changes) = watch::channel(0u64);
-        let mut feed = PodFeed { writer, tick };
-        feed.writer.apply_watcher_event(&watcher::Event::Init);
-        feed.writer.apply_watcher_event(&watcher::Event::InitDone);
-        (Self::new(store, changes), feed)
-    }
-
     pub async fn wait_until_ready(&self) -> bool {
         self.store.wait_until_ready().await.is_ok()
     }
@@ -157,26 +147,6 @@ impl PodCache {
     /// A receiver that changes whenever any pod of the node changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
-    }
-}
-
-/// Writes pods into a [`PodCache::fed`] store, as a watch event would.
-pub struct PodFeed {
-    writer: reflector::store::Writer<Pod>,
-    tick: watch::Sender<u64>,
-}
-
-impl PodFeed {
-    pub fn apply(&mut self, mut pod: Pod) {
-        pod.managed_fields_mut().clear();
-        self.writer.apply_watcher_event(&watcher::Event::Apply(pod));
-        self.tick.send_modify(|n| *n += 1);
-    }
-
-    pub fn delete(&mut self, pod: Pod) {
-        self.writer
-            .apply_watcher_event(&watcher::Event::Delete(pod));
-        self.tick.send_modify(|n| *n += 1);
     }
 }
 

@@ -55,6 +55,16 @@ impl Shared {
         out
     }
 
+    /// Return once lists are not held (see [`ApiServer::hold_lists`]).
+    async fn lists_released(&self) {
+        let mut ticks = self.tick.subscribe();
+        while self.store.lock().expect("store").hold_lists {
+            if ticks.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn open_watch(&self) -> OpenWatch<'_> {
         self.open_watches.fetch_add(1, Ordering::SeqCst);
         OpenWatch(&self.open_watches)
@@ -200,6 +210,12 @@ impl ApiServer {
     /// unpausing sends what they missed.
     pub fn pause_watches(&self, paused: bool) {
         self.shared.write(|s| s.paused = paused);
+    }
+
+    /// While held, list requests get no answer (a slow or overloaded API server): a
+    /// client that starts then cannot have synced. Releasing answers them.
+    pub fn hold_lists(&self, held: bool) {
+        self.shared.write(|s| s.hold_lists = held);
     }
 
     /// Method, path and query of every request so far, decoded (e.g.

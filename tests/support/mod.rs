@@ -6,6 +6,7 @@
 pub mod agent_proc;
 pub mod apiserver;
 pub mod bulk;
+pub mod cluster;
 pub mod docker;
 pub mod dockerd;
 pub mod env;

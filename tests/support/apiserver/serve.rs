@@ -198,6 +198,7 @@ async fn respond(req: Request<Incoming>, shared: &Arc<Shared>) -> Result<Respons
                 if matches!(q.get("watch"), Some("true" | "1")) {
                     Ok(super::watch::watch(shared.clone(), &t, sel, &q, meta_only))
                 } else {
+                    shared.lists_released().await;
                     let store = shared.store.lock().expect("store");
                     let items: Vec<Value> = store
                         .list(r, t.namespace.as_deref(), &sel)

@@ -154,6 +154,8 @@ pub struct Store {
     /// Bumped by `drop_watches`: every open watch ends.
     pub drop_epoch: u64,
     pub paused: bool,
+    /// While set, list requests wait (watches are not held).
+    pub hold_lists: bool,
 }
 
 fn key(r: &'static Resource, ns: &str, name: &str) -> Key {
