@@ -230,6 +230,12 @@ async fn selectors_filter_lists_and_watches() {
             .collect();
         assert_eq!(got, want, "fieldSelector {fields}");
     }
+    let meta = pods
+        .list_metadata(&ListParams::default().fields("spec.nodeName=node-2"))
+        .await
+        .expect("metadata-only list");
+    let names: Vec<String> = meta.items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, ["p2"], "PartialObjectMetadata list");
     let got = pods
         .list(&ListParams::default().labels("!app"))
         .await
@@ -390,4 +396,44 @@ async fn writes_follow_the_api_server_rules() {
         edited.status.is_some(),
         "a main-resource write leaves status alone"
     );
+}
+
+#[tokio::test]
+async fn held_lists_and_paused_watches_hold_clients_back() {
+    let server = ApiServer::start();
+    server.apply(config_map("a", json!({}), "1"));
+    let maps: Api<ConfigMap> = Api::namespaced(server.client().await, "ns1");
+    server.hold_lists(true);
+    let held = tokio::time::timeout(
+        Duration::from_millis(300),
+        maps.list(&ListParams::default()),
+    )
+    .await;
+    assert!(held.is_err(), "a list answered while lists were held");
+    server.hold_lists(false);
+    let listed = tokio::time::timeout(WAIT, maps.list(&ListParams::default()))
+        .await
+        .expect("list answered once released");
+    assert_eq!(listed.expect("list").items.len(), 1);
+
+    let store = reflect(server.client().await, None);
+    tokio::time::timeout(WAIT, store.wait_until_ready())
+        .await
+        .expect("initial list")
+        .expect("ready");
+    eventually(WAIT, "an open watch", || async {
+        (server.open_watches() > 0).then_some(())
+    })
+    .await;
+    server.pause_watches(true);
+    server.apply(config_map("b", json!({}), "1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen(&store).len(), 1, "a paused watch sent an event");
+    server.pause_watches(false);
+    converge(
+        &store,
+        &truth(&server, |_| true),
+        "what a paused watch held back, once unpaused",
+    )
+    .await;
 }
