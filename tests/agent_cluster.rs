@@ -40,6 +40,7 @@ fn printed(c: &TestContainer) -> usize {
     out.stdout.iter().filter(|b| **b == b'\n').count()
 }
 
+#[track_caller]
 fn until_printed(c: &TestContainer, n: usize) {
     let deadline = Instant::now() + WAIT;
     while printed(c) < n {
@@ -108,7 +109,7 @@ fn check_sequence(got: &[Received], prefix: &str, n: usize) -> Option<String> {
     let repeated = seen.iter().filter(|c| **c > 1).count();
     let ordered = nums.windows(2).all(|w| w[0] < w[1]);
     Some(format!(
-        "{} of {n} {prefix} lines received; missing {missing:?}; {repeated} repeated; in order: {ordered}",
+        "{} of the {n} lines {prefix}-1..={prefix}-{n} received; missing {missing:?}; {repeated} repeated; in order: {ordered}",
         nums.len()
     ))
 }
@@ -133,6 +134,7 @@ fn check_metadata(got: &[Received], ns: &str, pod: &PodId) -> Option<String> {
     (!bad.is_empty()).then(|| format!("records without their pod metadata, e.g. {bad:?}"))
 }
 
+#[track_caller]
 fn wait_active(agent: &mut AgentProc, n: usize) {
     agent.wait_until(&format!("{n} active routes"), WAIT, |a| {
         a.metric(ACTIVE) == n as f64
@@ -140,6 +142,7 @@ fn wait_active(agent: &mut AgentProc, n: usize) {
 }
 
 /// Panic with every problem found, and the agent's log tail.
+#[track_caller]
 fn verdict(problems: Vec<String>, agent: &AgentProc) {
     assert!(
         problems.is_empty(),

@@ -154,6 +154,7 @@ impl AgentProc {
 
     /// Poll `check` until it holds; fail after `timeout` with the agent's log, or at
     /// once when the agent exits.
+    #[track_caller]
     pub fn wait_until(&mut self, what: &str, timeout: Duration, check: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !check(self) {
@@ -182,6 +183,7 @@ impl AgentProc {
     }
 
     /// Wait until `/readyz` answers 200.
+    #[track_caller]
     pub fn wait_ready(&mut self, timeout: Duration) {
         self.wait_until("/readyz 200", timeout, |a| a.readyz() == Some(200));
     }
