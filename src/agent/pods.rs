@@ -174,23 +174,6 @@ impl PodCache {
         (cache, driver)
     }
 
-    /// A cache whose store the caller writes through [`PodFeed`]. Kept only until the
-    /// agent tests move to the in-test API server; nothing else may use it.
-    pub fn fed() -> (Self, PodFeed) {
-        let (store, mut writer) = reflector::store();
-        let (tick, changes) = watch::channel(0u64);
-        let (_, synced) = watch::channel(true);
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        let cache = Self {
-            store,
-            departed: Arc::default(),
-            changes,
-            synced,
-        };
-        (cache, PodFeed { writer, tick })
-    }
-
     /// Wait until the initial list is in the cache; false when the watch ended first.
     pub async fn wait_synced(&self) -> bool {
         let mut synced = self.synced.clone();
@@ -221,26 +204,6 @@ impl PodCache {
     /// A receiver that changes whenever any pod of the node changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
-    }
-}
-
-/// Writes pods into a [`PodCache::fed`] store, as a watch event would.
-pub struct PodFeed {
-    writer: reflector::store::Writer<Pod>,
-    tick: watch::Sender<u64>,
-}
-
-impl PodFeed {
-    pub fn apply(&mut self, mut pod: Pod) {
-        pod.managed_fields_mut().clear();
-        self.writer.apply_watcher_event(&watcher::Event::Apply(pod));
-        self.tick.send_modify(|n| *n += 1);
-    }
-
-    pub fn delete(&mut self, pod: Pod) {
-        self.writer
-            .apply_watcher_event(&watcher::Event::Delete(pod));
-        self.tick.send_modify(|n| *n += 1);
     }
 }
 
