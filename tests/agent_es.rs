@@ -54,6 +54,7 @@ impl Harness {
             queue_records: 8192,
             catchup_streams: 8,
             checkpoint_sync_ms: 1000,
+            route_grace_seconds: 600,
         };
         let api = ApiServer::start();
         let (cache, driver) = PodCache::watch(api.client().await, support::agent_proc::NODE);

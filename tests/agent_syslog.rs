@@ -43,6 +43,7 @@ fn args(dir: &std::path::Path, pod_name: Option<&str>) -> AgentArgs {
         queue_records: 8192,
         catchup_streams: 8,
         checkpoint_sync_ms: 1000,
+        route_grace_seconds: 600,
     }
 }
 
