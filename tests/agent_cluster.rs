@@ -430,8 +430,16 @@ async fn container_that_ran_while_no_agent_ran_is_read_at_the_next_start() {
     // A CronJob-like pod that runs ~1–2 s during the agent's rollout.
     let pod = c.pod("cron", &[("app", "cron")], &[]);
     const N: usize = 200;
+    let started = Instant::now();
     let container = c.run(&pod, "job", &ticker("job", N, 5_000)).await;
     container.wait_exit(WAIT).await;
+    // The rollout's downtime, not a wait for something: the new agent starts 5 s after
+    // the job did, past the few seconds of Docker events a reconnect may replay, so only
+    // a discovery that lists exited containers finds the job.
+    let downtime = started + Duration::from_secs(5);
+    while Instant::now() < downtime {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     agent.restart();
     agent.wait_ready(WAIT);
     let got = settle(&c.rsyslog, &pod, N, WAIT);
