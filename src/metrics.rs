@@ -125,6 +125,9 @@ pub struct AgentMetrics {
     pub lanes_detached: IntGaugeVec,
     /// Docker log streams opened to catch a lagging lane up.
     pub catchup_streams: IntGauge,
+    /// Sink worker tasks running: one per (route, sink) in force, plus workers of
+    /// replaced or removed routes until they have stopped.
+    pub sink_workers: IntGauge,
     /// `kind`, `route`, `sink`: one send (a batch) from start to acceptance.
     pub send_latency: HistogramVec,
     /// `kind`, `route`, `sink`: Docker timestamp → accepted by the sink.
@@ -257,6 +260,16 @@ impl AgentMetrics {
                 "Container lanes of a sink that fell behind and catch up on their own Docker stream",
                 &["route", "sink"],
             ),
+            sink_workers: {
+                let g = IntGauge::new(
+                    "logroute_agent_sink_workers",
+                    "Sink worker tasks running (one per route and sink in force, plus stopping ones)",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             catchup_streams: {
                 let g = IntGauge::new(
                     "logroute_agent_catchup_streams",

@@ -55,6 +55,7 @@ impl Harness {
             catchup_streams: 8,
             checkpoint_sync_ms: 1000,
             route_grace_seconds: 600,
+            routes_poll_ms: 2000,
         };
         let api = ApiServer::start();
         let (cache, driver) = PodCache::watch(api.client().await, support::agent_proc::NODE);

@@ -44,6 +44,7 @@ fn args(dir: &std::path::Path, pod_name: Option<&str>) -> AgentArgs {
         catchup_streams: 8,
         checkpoint_sync_ms: 1000,
         route_grace_seconds: 600,
+        routes_poll_ms: 2000,
     }
 }
 

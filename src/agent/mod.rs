@@ -93,6 +93,9 @@ pub struct AgentArgs {
     /// checkpoint. A route back within this time resumes exactly where its sink stopped.
     #[arg(long, env = "LOGROUTE_ROUTE_GRACE_SECONDS", default_value_t = 600)]
     pub route_grace_seconds: u64,
+    /// In --routes mode, how often the files (and --secrets-dir) are checked for changes.
+    #[arg(long, env = "LOGROUTE_ROUTES_POLL_MS", default_value_t = 2000)]
+    pub routes_poll_ms: u64,
 }
 
 /// A container without a checkpoint, after a restart, starts this long before the
@@ -247,6 +250,7 @@ impl Agent {
         let (events_tx, events_rx) = mpsc::channel(1024);
         tokio::spawn(sync_checkpoints(
             checkpoints.clone(),
+            workers.clone(),
             metrics.clone(),
             Duration::from_millis(args.checkpoint_sync_ms.max(10)),
             stop.clone(),
@@ -349,6 +353,7 @@ const WORKER_STOP: Duration = Duration::from_secs(5);
 /// msync the checkpoint file every `every` and publish how far each sink lags.
 async fn sync_checkpoints(
     checkpoints: Arc<Checkpoints>,
+    workers: TaskTracker,
     metrics: AgentMetrics,
     every: Duration,
     stop: CancellationToken,
@@ -363,6 +368,7 @@ async fn sync_checkpoints(
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || c.sync()).await {
             tracing::warn!(error = %e, "checkpoint sync failed; retrying at the next interval");
         }
+        metrics.sink_workers.set(workers.len() as i64);
         metrics.sink_lag_seconds.reset();
         for ((route, sink), lag) in checkpoints.lag_seconds() {
             metrics
@@ -422,7 +428,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(driver);
         (RouteSource::Cluster(client), Some(cache))
     } else {
-        let poll = Duration::from_secs(2);
+        let poll = Duration::from_millis(args.routes_poll_ms.max(10));
         (
             RouteSource::Files {
                 paths: args.routes.clone(),
