@@ -4,6 +4,9 @@
 //! names and kinds, streams, and `&'static str` reasons. Never pod names, container ids or
 //! message text.
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -99,6 +102,9 @@ pub struct AgentMetrics {
     /// `rotated` (lines Docker rotated away before a lagging sink caught up, counted in
     /// lines), `removed` (the container was removed before a lagging sink caught up).
     pub records_dropped: IntCounterVec,
+    /// `reason`: `withdrawn` (lines a container wrote while a route that had taken it
+    /// was gone, when the route did not come back within the grace period).
+    pub records_unresumed: IntCounterVec,
     /// `kind`, `route`, `sink`.
     pub records_sent: IntCounterVec,
     /// `kind`, `route`, `sink`, `reason`.
@@ -189,6 +195,12 @@ impl AgentMetrics {
                 "logroute_agent_records_dropped_total",
                 "Records that will never reach a sink, by reason",
                 &["route", "sink", "reason"],
+            ),
+            records_unresumed: counter(
+                reg,
+                "logroute_agent_records_unresumed_total",
+                "Lines a container wrote while a route that had taken it was gone, not sent because the route did not come back within the grace period",
+                &["reason"],
             ),
             records_sent: counter(
                 reg,
@@ -312,6 +324,45 @@ impl AgentMetrics {
 }
 
 /// Render a registry in the Prometheus text format.
+impl AgentMetrics {
+    /// Remove every series labelled with `route`: a deleted route leaves no series
+    /// behind, so the exposition follows the routes in force, not every route ever seen.
+    pub fn forget_route(&self, route: &str) {
+        forget(&self.records_routed, route);
+        forget(&self.records_filtered, route);
+        forget(&self.records_dropped, route);
+        forget(&self.records_sent, route);
+        forget(&self.send_errors, route);
+        forget(&self.send_retries, route);
+        forget(&self.records_cut, route);
+        forget(&self.sink_reconnects, route);
+        forget(&self.queue_depth, route);
+        forget(&self.sink_lag_seconds, route);
+        forget(&self.lanes_detached, route);
+        forget(&self.send_latency, route);
+        forget(&self.end_to_end_latency, route);
+        forget(&self.es_documents, route);
+        forget(&self.es_bulk_duration, route);
+        forget(&self.es_batch_size, route);
+    }
+}
+
+/// Remove the series of `vec` whose `route` label is `route`.
+fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, route: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("route") == Some(&route) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 pub fn render(reg: &Registry) -> String {
     let mut buf = Vec::new();
     TextEncoder::new()

@@ -1,5 +1,5 @@
 //! The agent end to end into a real OpenSearch-compatible server: real dockerd →
-//! `Agent` (production wiring, routes from a LogRoute file, pods fed into its pod store)
+//! `Agent` (production wiring, routes from a LogRoute file, pods from the test API server)
 //! → `osmem-server`, directly and through nginx with TLS and Basic auth.
 //!
 //! `_count` and `_search` prove that every line is indexed once, with its pod metadata.
@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use logroute::agent::pods::{PodCache, PodFeed};
+use logroute::agent::pods::PodCache;
 use logroute::agent::{Agent, AgentArgs, RouteSource};
 use serde_json::Value;
-use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object, pod_uid};
+use support::apiserver::ApiServer;
+use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object};
 use support::nginx::{Nginx, ProxyAuth};
 use support::osmem::Osmem;
 
@@ -21,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(90);
 
 struct Harness {
     agent: Agent,
-    feed: PodFeed,
+    api: ApiServer,
     docker: bollard::Docker,
     ns: String,
     dir: tempfile::TempDir,
@@ -53,8 +54,11 @@ impl Harness {
             queue_records: 8192,
             catchup_streams: 8,
             checkpoint_sync_ms: 1000,
+            route_grace_seconds: 600,
         };
-        let (cache, feed) = PodCache::fed();
+        let api = ApiServer::start();
+        let (cache, driver) = PodCache::watch(api.client().await, support::agent_proc::NODE);
+        tokio::spawn(driver);
         let source = RouteSource::Files {
             paths: vec![routes_path],
             secrets_dir: args.secrets_dir.clone(),
@@ -65,7 +69,7 @@ impl Harness {
             .expect("agent starts");
         let h = Self {
             agent,
-            feed,
+            api,
             docker,
             ns,
             dir,
@@ -77,11 +81,12 @@ impl Harness {
         Some(h)
     }
 
+    /// Write a pod of this node into the API server; returns its name and the uid the
+    /// server gave it (which its containers' labels carry).
     fn pod(&mut self, name: &str, labels: &[(&str, &str)]) -> (String, String) {
-        let uid = pod_uid();
-        self.feed
-            .apply(pod_object(&self.ns, name, &uid, labels, &[]));
-        (name.to_string(), uid)
+        let stored = self.api.apply(pod_object(&self.ns, name, labels, &[]));
+        let uid = stored["metadata"]["uid"].as_str().expect("server-set uid");
+        (name.to_string(), uid.to_string())
     }
 
     async fn run(&self, pod: &(String, String), container: &str, script: &str) -> TestContainer {

@@ -1,5 +1,5 @@
 //! The agent end to end: real dockerd → `Agent` (the production wiring, routes from a
-//! LogRoute file, pods fed into its pod store) → real rsyslog on loopback.
+//! LogRoute file, pods from the test API server) → real rsyslog on loopback.
 //!
 //! Every test uses its own namespace, pods and rsyslog, so tests can run in parallel on
 //! one daemon: each agent sees every container, but routes only its own test's pods.
@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use logroute::agent::pods::{PodCache, PodFeed};
+use logroute::agent::pods::PodCache;
 use logroute::agent::{Agent, AgentArgs, RouteSource};
-use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object, pod_uid};
+use support::apiserver::ApiServer;
+use support::docker::{Spec, TestContainer, docker, eventually, pod_labels, pod_object};
 use support::rsyslog::{Received, Rsyslog};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -20,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Harness {
     agent: Option<Agent>,
     routes: PathBuf,
-    feed: PodFeed,
+    api: ApiServer,
     rsyslog: Rsyslog,
     docker: bollard::Docker,
     ns: String,
@@ -42,6 +43,7 @@ fn args(dir: &std::path::Path, pod_name: Option<&str>) -> AgentArgs {
         queue_records: 8192,
         catchup_streams: 8,
         checkpoint_sync_ms: 1000,
+        route_grace_seconds: 600,
     }
 }
 
@@ -59,7 +61,9 @@ async fn start(test: &str, routes: &str, self_pod: Option<&str>) -> Option<Harne
     std::fs::write(ca_dir.join("ca.crt"), rsyslog.ca_pem()).expect("write CA");
     let routes_path = dir.path().join("routes.yaml");
     write_routes(&routes_path, &render(routes, &rsyslog, &ns));
-    let (cache, feed) = PodCache::fed();
+    let api = ApiServer::start();
+    let (cache, driver) = PodCache::watch(api.client().await, support::agent_proc::NODE);
+    tokio::spawn(driver);
     let mut a = args(dir.path(), self_pod);
     if self_pod.is_some() {
         a.namespace = ns.clone();
@@ -75,7 +79,7 @@ async fn start(test: &str, routes: &str, self_pod: Option<&str>) -> Option<Harne
     let h = Harness {
         agent: Some(agent),
         routes: routes_path,
-        feed,
+        api,
         rsyslog,
         docker,
         ns,
@@ -117,17 +121,19 @@ impl Harness {
         .await;
     }
 
-    /// Feed a pod into the agent's pod store and return the labels its container gets.
+    /// Write a pod of this node into the API server; returns its name and the uid the
+    /// server gave it (which its containers' labels carry).
     fn pod(
         &mut self,
         name: &str,
         labels: &[(&str, &str)],
         annotations: &[(&str, &str)],
     ) -> (String, String) {
-        let uid = pod_uid();
-        self.feed
-            .apply(pod_object(&self.ns, name, &uid, labels, annotations));
-        (name.to_string(), uid)
+        let stored = self
+            .api
+            .apply(pod_object(&self.ns, name, labels, annotations));
+        let uid = stored["metadata"]["uid"].as_str().expect("server-set uid");
+        (name.to_string(), uid.to_string())
     }
 
     async fn run(&self, pod: &(String, String), container: &str, script: &str) -> TestContainer {

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::checkpoint::LaneCheckpoint;
 use crate::agent::docker::{self, Cursor, DockerContainer, DockerError, LogLine};
 use crate::agent::lane::{CatchUp, Lane, Outcome, furthest, reached};
 use crate::agent::pipeline::{AgentContext, resolve_info, resolve_info_now};
 use crate::agent::pods::{self, PodCache};
 use crate::agent::routes::RouteTable;
 use crate::api::EXCLUDE_KEY;
-use crate::record::ContainerInfo;
+use crate::record::{ContainerInfo, Timestamp};
 use crate::sink::worker::Queued;
 
 /// How often lanes waiting to catch up look for room in their sink's queue.
@@ -51,6 +52,18 @@ struct Following {
     generation: u64,
     /// The head has read the whole log: lanes still behind finish on their catch-up.
     head_done: bool,
+    /// Checkpoints of lanes whose route went away (withdrawn, its Secret missing for a
+    /// while, or no longer matching): kept for the grace period so that the lane resumes
+    /// exactly where its sink stopped if the route comes back.
+    parked: Vec<Parked>,
+}
+
+/// A lane without its route, waiting for it to come back.
+struct Parked {
+    checkpoint: Arc<LaneCheckpoint>,
+    until: Instant,
+    /// Lines the head read from the container since the lane was parked.
+    read: u64,
 }
 
 pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
@@ -68,6 +81,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
         catch_tx,
         generation: 0,
         head_done: false,
+        parked: Vec::new(),
     };
     f.start(&routes_rx.borrow_and_update());
     tracing::info!(container = %container.name, lanes = f.lanes.len(), detached = f.lanes.iter().filter(|l| l.is_detached()).count(), "following container");
@@ -93,10 +107,11 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
     let mut catchup_tick = tokio::time::interval(CATCHUP_POLL);
     catchup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if f.head_done && f.lanes.is_empty() {
+        if f.head_done && f.lanes.is_empty() && f.parked.is_empty() {
             break;
         }
         let deadline = f.lanes.iter().filter_map(Lane::deadline).min();
+        let expiry = f.parked.iter().map(|p| p.until).min();
         let waiting = f
             .lanes
             .iter_mut()
@@ -145,6 +160,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() => f.flush(false),
+            _ = sleep_until(expiry), if expiry.is_some() => f.expire_parked(),
             _ = catchup_tick.tick(), if waiting => f.start_catchups(),
             _ = ctx.stop.cancelled() => break,
         }
@@ -223,8 +239,17 @@ impl Following {
                 self.lanes.push(lane);
                 continue;
             }
+            self.parked
+                .retain(|p| !(p.checkpoint.route == route.key && p.checkpoint.sink == *name));
+            let start = lane_start(&self.ctx, &self.container, route.sinks[i].since);
+            // A lane never starts past the head: the head's lines are the ones at hand.
+            let start = if reached(&start, &self.head) {
+                self.head
+            } else {
+                start
+            };
             let checkpoints = &self.ctx.checkpoints;
-            match checkpoints.lane(&self.container.id, &route.key, name, self.head) {
+            match checkpoints.lane(&self.container.id, &route.key, name, start) {
                 Ok((checkpoint, pos)) => {
                     let id = self.ctx.next_lane.fetch_add(1, Ordering::Relaxed);
                     let mut lane =
@@ -239,13 +264,49 @@ impl Following {
                 }
             }
         }
+        let until = Instant::now() + self.ctx.route_grace;
         for lane in old {
-            lane.checkpoint.release();
+            tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), grace = ?self.ctx.route_grace, "route no longer takes this container; its checkpoint is kept for the grace period");
+            self.parked.push(Parked {
+                checkpoint: lane.checkpoint.clone(),
+                until,
+                read: 0,
+            });
+        }
+    }
+
+    /// Parked lanes whose route did not come back within the grace period give up their
+    /// checkpoint; what the container wrote meanwhile is counted as not resumed.
+    fn expire_parked(&mut self) {
+        let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.until <= now);
+        self.parked = kept;
+        for p in expired {
+            let (route, sink) = (&p.checkpoint.route, &p.checkpoint.sink);
+            if self
+                .lanes
+                .iter()
+                .any(|l| l.route.key == *route && l.sink_name() == sink)
+            {
+                continue;
+            }
+            tracing::warn!(container = %self.container.name, %route, %sink, lines = p.read, "route did not come back within the grace period: its checkpoint is dropped, and the lines read meanwhile are not sent to this sink");
+            self.ctx
+                .metrics
+                .records_unresumed
+                .with_label_values(&["withdrawn"])
+                .inc_by(p.read);
+            p.checkpoint.release();
         }
     }
 
     fn head_batch(&mut self, lines: &[LogLine]) {
         let now = Instant::now();
+        for p in &mut self.parked {
+            p.read += lines.len() as u64;
+        }
         for line in lines {
             self.head = furthest(self.head, &line.cursor);
             let mut shared = None;
@@ -395,7 +456,7 @@ impl Following {
 fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
     match container.started_at {
         Some(t) => {
-            let run = Cursor::at(crate::record::Timestamp {
+            let run = Cursor::at(Timestamp {
                 secs: t.secs - 1,
                 nanos: t.nanos,
             });
@@ -406,6 +467,42 @@ fn default_start(ctx: &AgentContext, container: &DockerContainer) -> Cursor {
             }
         }
         None => ctx.start,
+    }
+}
+
+/// Where a new lane (one without a checkpoint) of a sink starts: at the later of the
+/// container's current run and the sink's `since` (the route's creation; see
+/// [`crate::agent::routes::SinkHandle::since`]), but never before the agent's restart
+/// floor. Sinks without a `since` (routes from files) start at the agent's start point.
+/// So a pod created together with its LogRoute loses no line because the agent
+/// learned of the route late, and an agent started after its routes existed reads what
+/// their containers wrote since.
+fn lane_start(ctx: &AgentContext, container: &DockerContainer, since: Option<Timestamp>) -> Cursor {
+    new_lane_start(ctx.restart_floor, ctx.start, container.started_at, since)
+}
+
+/// [`lane_start`] without the context: `floor` is the agent's restart floor, `default`
+/// its start point for sinks without a `since`, `started_at` the container's current run.
+pub(crate) fn new_lane_start(
+    floor: Cursor,
+    default: Cursor,
+    started_at: Option<Timestamp>,
+    since: Option<Timestamp>,
+) -> Cursor {
+    let route = match since {
+        Some(t) => furthest(Cursor::at(t), &floor),
+        None => default,
+    };
+    match started_at {
+        // Less a second for lines stamped while dockerd was recording the start.
+        Some(t) => furthest(
+            Cursor::at(Timestamp {
+                secs: t.secs - 1,
+                nanos: t.nanos,
+            }),
+            &route,
+        ),
+        None => route,
     }
 }
 
@@ -502,4 +599,41 @@ async fn catch_up(
             result,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp { secs, nanos: 0 }
+    }
+
+    #[test]
+    fn a_new_lane_starts_at_the_later_of_the_containers_run_and_the_routes_creation() {
+        let first_start = Cursor::default();
+        let now = Cursor::at(t(5_000));
+        // Route created after the container started: from the route's creation.
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(1_000)), Some(t(2_000))),
+            Cursor::at(t(2_000))
+        );
+        // Container started after the route: from the container's start (less 1 s).
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(3_000)), Some(t(2_000))),
+            Cursor::at(t(2_999))
+        );
+        // After a clean restart, never before the restart floor.
+        let floor = Cursor::at(t(4_000));
+        assert_eq!(
+            new_lane_start(floor, floor, Some(t(1_000)), Some(t(2_000))),
+            floor
+        );
+        // Routes from files carry no creation time: the agent's start point.
+        assert_eq!(new_lane_start(first_start, now, Some(t(1_000)), None), now);
+        assert_eq!(
+            new_lane_start(first_start, now, Some(t(6_000)), None),
+            Cursor::at(t(5_999))
+        );
+    }
 }

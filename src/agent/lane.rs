@@ -669,6 +669,7 @@ spec:
             queue,
             routed: metrics.records_routed.with_label_values(&["ns/r", "out"]),
             detached: metrics.lanes_detached.with_label_values(&["ns/r", "out"]),
+            since: None,
         };
         let matcher = RouteMatcher::new(document).expect("matcher");
         let route = Arc::new(ActiveRoute::new("ns/r", matcher, vec![sink], &metrics));

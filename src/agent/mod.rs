@@ -88,6 +88,11 @@ pub struct AgentArgs {
     /// this much of each sink's stream.
     #[arg(long, env = "LOGROUTE_CHECKPOINT_SYNC_MS", default_value_t = 1000)]
     pub checkpoint_sync_ms: u64,
+    /// How long a (container, route, sink) lane whose route went away (withdrawn as
+    /// invalid, its Secret deleted to be recreated, no longer matching the pod) keeps its
+    /// checkpoint. A route back within this time resumes exactly where its sink stopped.
+    #[arg(long, env = "LOGROUTE_ROUTE_GRACE_SECONDS", default_value_t = 600)]
+    pub route_grace_seconds: u64,
 }
 
 /// A container without a checkpoint, after a restart, starts this long before the
@@ -110,6 +115,15 @@ pub fn start_point(previous: PreviousRun, now: Timestamp) -> Cursor {
             nanos: t.nanos,
         }),
         PreviousRun::Damaged => Cursor::default(),
+    }
+}
+
+/// The earliest position a lane without a checkpoint starts at (see
+/// [`pipeline::AgentContext::restart_floor`]).
+pub fn restart_floor(previous: PreviousRun) -> Cursor {
+    match previous {
+        PreviousRun::AliveUntil(_) => start_point(previous, Timestamp::now()),
+        PreviousRun::None | PreviousRun::Damaged => Cursor::default(),
     }
 }
 
@@ -155,6 +169,7 @@ impl Agent {
             .with_context(|| format!("cannot use Docker at {}", args.docker_host))?;
         let opened = Checkpoints::open(&args.state_dir)?;
         let checkpoints = opened.checkpoints;
+        let restart_floor = restart_floor(opened.previous);
         let start = start_point(opened.previous, Timestamp::now());
         if !opened.problems.is_empty() {
             tracing::warn!(
@@ -171,6 +186,7 @@ impl Agent {
             stop: sink_stop.clone(),
             workers: workers.clone(),
         });
+        let routes_synced = manager.synced();
         match source {
             RouteSource::Files {
                 paths,
@@ -199,6 +215,15 @@ impl Agent {
             container_id: SelfIdentity::detect_container_id(),
             pod: args.pod_name.clone().map(|p| (args.namespace.clone(), p)),
         };
+        let ready = Readiness::default();
+        let (go, went) = watch::channel(false);
+        tokio::spawn(become_ready(
+            routes_synced,
+            pods.clone(),
+            ready.clone(),
+            go,
+            stop.clone(),
+        ));
         let ctx = Arc::new(AgentContext {
             docker: docker.clone(),
             node,
@@ -212,6 +237,8 @@ impl Agent {
                 ..Default::default()
             },
             start,
+            restart_floor,
+            route_grace: Duration::from_secs(args.route_grace_seconds),
             checkpoints: checkpoints.clone(),
             catchups: Arc::new(tokio::sync::Semaphore::new(args.catchup_streams.max(1))),
             next_lane: Default::default(),
@@ -239,9 +266,7 @@ impl Agent {
             stop.clone(),
             start.since(),
         ));
-        let manager = tokio::spawn(pipeline::manage(ctx, events_rx));
-        let ready = Readiness::default();
-        ready.set(true);
+        let manager = tokio::spawn(pipeline::manage(ctx, events_rx, went));
         Ok(Self {
             metrics,
             registry,
@@ -288,6 +313,37 @@ impl Agent {
             Ok(Err(e)) => tracing::error!(error = %e, "final checkpoints not synced"),
             Err(e) => tracing::error!(error = %e, "final checkpoint sync failed"),
         }
+    }
+}
+
+/// Readiness of the agent: the route table has been built from the complete set of
+/// routes (cluster: the initial lists of compiled ConfigMaps and Secrets; files: each
+/// file tried once) and, in a cluster, the node's pods are listed. Until then `/readyz`
+/// answers 503 and no container is read, so no container is matched against a partial
+/// table (which would start its lanes late, or not at all). Once ready it stays ready: a
+/// watch that fails later keeps the last table and pods in force while it retries.
+async fn become_ready(
+    mut routes: watch::Receiver<bool>,
+    pods: Option<PodCache>,
+    ready: Readiness,
+    go: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let synced = async {
+        let routes_ok = routes.wait_for(|s| *s).await.is_ok();
+        let pods_ok = match &pods {
+            Some(p) => p.wait_synced().await,
+            None => true,
+        };
+        routes_ok && pods_ok
+    };
+    tokio::select! {
+        ok = synced => if ok {
+            tracing::info!("routes and pods synced; reading containers");
+            ready.set(true);
+            go.send_replace(true);
+        },
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -37,6 +37,12 @@ pub struct AgentContext {
     /// Where a (container, sink) lane without a checkpoint starts reading: decided at
     /// the agent's start from the checkpoint file (see `Agent::start`).
     pub start: Cursor,
+    /// The earliest position any lane starts at without a checkpoint: after a clean
+    /// restart, shortly before the previous agent's last heartbeat (what came before
+    /// was delivered or checkpointed); otherwise the beginning of the log.
+    pub restart_floor: Cursor,
+    /// How long a lane whose route went away keeps its checkpoint (`--route-grace-seconds`).
+    pub route_grace: Duration,
     pub checkpoints: Arc<Checkpoints>,
     /// Limits the Docker streams open for lagging lanes (`--catchup-streams`).
     pub catchups: Arc<Semaphore>,
@@ -78,9 +84,21 @@ impl SelfIdentity {
     }
 }
 
-/// Follow Docker's container events: one task per running workload container.
-pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<ContainerEvent>) {
+/// Follow Docker's container events: one task per running workload container. Nothing
+/// is read before `ready` turns true (routes and pods synced, see `Agent::start`).
+pub async fn manage(
+    ctx: Arc<AgentContext>,
+    mut events: mpsc::Receiver<ContainerEvent>,
+    mut ready: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        r = ready.wait_for(|r| *r) => if r.is_err() { return },
+        _ = ctx.stop.cancelled() => return,
+    }
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // The pod of each workload container seen, to forget a deleted pod's metadata once
+    // Docker removed the last of its containers.
+    let mut pod_of: HashMap<String, (String, String)> = HashMap::new();
     while let Some(event) = events.recv().await {
         tasks.retain(|_, t| !t.is_finished());
         let container = match event {
@@ -88,10 +106,18 @@ pub async fn manage(ctx: Arc<AgentContext>, mut events: mpsc::Receiver<Container
             ContainerEvent::Removed { id } => {
                 // Its log is gone: so are its checkpoints.
                 ctx.checkpoints.forget_container(&id);
+                if let (Some(pod), Some(cache)) = (pod_of.remove(&id), &ctx.pods)
+                    && !pod_of.values().any(|p| *p == pod)
+                {
+                    cache.forget(&pod.0, &pod.1);
+                }
                 continue;
             }
             ContainerEvent::Stopped { .. } => continue,
         };
+        if let Some(r) = pods::pod_ref(&container.labels) {
+            pod_of.insert(container.id.clone(), (r.namespace, r.name));
+        }
         if tasks.contains_key(&container.id) {
             continue;
         }

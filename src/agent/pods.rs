@@ -2,8 +2,8 @@
 //! the pod itself (labels, annotations, owner) comes from a reflector over this node's
 //! pods in a cluster, or from the pod's sandbox container labels on a plain Docker host.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -95,63 +95,110 @@ pub fn pod_info_from_sandbox(
     }
 }
 
-/// This node's pods, kept by a reflector. Tests build it over a store they feed.
+/// This node's pods, from a list + watch of the API (field selector `spec.nodeName`).
+///
+/// Two promises the pipeline builds on:
+/// - *synced*: [`PodCache::wait_synced`] returns once the initial list is in the cache
+///   (kube's watcher sends `InitDone`), so no container is matched against a cache that
+///   is still filling. A re-list (after a dropped watch or `410 Gone`) swaps the new list
+///   in at once at its `InitDone`: the cache is never empty or half-filled meanwhile.
+/// - *departed pods keep their metadata*: a pod deleted from the API (a `DELETED` event,
+///   or missing from a re-list) stays answerable by [`PodCache::get`] until
+///   [`PodCache::forget`] is called for it — the pipeline does so when Docker removes the
+///   pod's last container — so the rest of a deleted pod's log (its shutdown lines) is
+///   routed with the same labels, annotations and exclusion as before.
 #[derive(Clone)]
 pub struct PodCache {
     store: Store<Pod>,
+    departed: Arc<Mutex<Departed>>,
     changes: watch::Receiver<u64>,
+    synced: watch::Receiver<bool>,
 }
 
-impl PodCache {
-    /// A cache over a store someone else writes; `changes` ticks on every pod event.
-    pub fn new(store: Store<Pod>, changes: watch::Receiver<u64>) -> Self {
-        Self { store, changes }
-    }
+/// Deleted pods by (namespace, name), with their last known state.
+type Departed = HashMap<(String, String), Arc<Pod>>;
 
-    /// Start watching this node's pods (field selector `spec.nodeName`), with
-    /// managedFields stripped to save memory. Returns the cache and the future that
-    /// drives the watch; the caller spawns it.
+/// Most departed pods kept; past it the oldest half is dropped (a node runs far fewer
+/// pods than this at once, so only a leak of `forget` calls could reach it).
+const MAX_DEPARTED: usize = 4096;
+
+impl PodCache {
+    /// Start watching this node's pods, with managedFields stripped to save memory.
+    /// Returns the cache and the future that drives the watch; the caller spawns it.
     pub fn watch(client: Client, node: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (store, writer) = reflector::store();
+        let (store, mut writer) = reflector::store();
         let (tick, changes) = watch::channel(0u64);
+        let (synced_tx, synced) = watch::channel(false);
+        let departed: Arc<Mutex<Departed>> = Arc::default();
         let api: Api<Pod> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let stream = watcher(api, config)
             .default_backoff()
-            .modify(|pod| pod.managed_fields_mut().clear())
-            .reflect(writer)
-            .touched_objects();
+            .modify(|pod| pod.managed_fields_mut().clear());
+        let cache = Self {
+            store: store.clone(),
+            departed: departed.clone(),
+            changes,
+            synced,
+        };
         let driver = async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => {
-                        tick.send_modify(|n| *n += 1);
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pod watch error; retrying with backoff");
+                        continue;
                     }
-                    Err(e) => tracing::warn!(error = %e, "pod watch error; retrying with backoff"),
+                };
+                let before = matches!(event, watcher::Event::InitDone).then(|| store.state());
+                if let watcher::Event::Delete(pod) = &event {
+                    remember(&departed, Arc::new(pod.clone()));
+                }
+                writer.apply_watcher_event(&event);
+                if let Some(before) = before {
+                    // Pods deleted while the watch was down are missing from the re-list.
+                    for pod in before {
+                        let r = ObjectRef::from_obj(pod.as_ref());
+                        if store.get(&r).is_none() {
+                            remember(&departed, pod);
+                        }
+                    }
+                    synced_tx.send_replace(true);
+                }
+                if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    tick.send_modify(|n| *n += 1);
                 }
             }
         };
-        (Self::new(store, changes), driver)
+        (cache, driver)
     }
 
-    /// A cache whose store is written by the caller through [`PodFeed`] instead of a
-    /// watch: the agent's integration tests use it to play the API server's part.
-    pub fn fed() -> (Self, PodFeed) {
-        let (store, writer) = reflector::store();
-        let (tick, changes) = watch::channel(0u64);
-        let mut feed = PodFeed { writer, tick };
-        feed.writer.apply_watcher_event(&watcher::Event::Init);
-        feed.writer.apply_watcher_event(&watcher::Event::InitDone);
-        (Self::new(store, changes), feed)
+    /// Wait until the initial list is in the cache; false when the watch ended first.
+    pub async fn wait_synced(&self) -> bool {
+        let mut synced = self.synced.clone();
+        synced.wait_for(|s| *s).await.is_ok()
     }
 
-    pub async fn wait_until_ready(&self) -> bool {
-        self.store.wait_until_ready().await.is_ok()
-    }
-
+    /// The pod, also when it was deleted from the API and not forgotten yet.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
-        self.store.get(&ObjectRef::new(name).within(namespace))
+        self.store
+            .get(&ObjectRef::new(name).within(namespace))
+            .or_else(|| {
+                lock(&self.departed)
+                    .get(&(namespace.to_string(), name.to_string()))
+                    .cloned()
+            })
+    }
+
+    /// The pod's metadata is no longer needed (Docker removed its containers).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        lock(&self.departed).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Deleted pods whose metadata is still kept.
+    pub fn departed(&self) -> usize {
+        lock(&self.departed).len()
     }
 
     /// A receiver that changes whenever any pod of the node changes.
@@ -160,24 +207,19 @@ impl PodCache {
     }
 }
 
-/// Writes pods into a [`PodCache::fed`] store, as a watch event would.
-pub struct PodFeed {
-    writer: reflector::store::Writer<Pod>,
-    tick: watch::Sender<u64>,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl PodFeed {
-    pub fn apply(&mut self, mut pod: Pod) {
-        pod.managed_fields_mut().clear();
-        self.writer.apply_watcher_event(&watcher::Event::Apply(pod));
-        self.tick.send_modify(|n| *n += 1);
+fn remember(departed: &Mutex<Departed>, pod: Arc<Pod>) {
+    let mut map = lock(departed);
+    if map.len() >= MAX_DEPARTED {
+        let drop: Vec<_> = map.keys().take(MAX_DEPARTED / 2).cloned().collect();
+        for k in drop {
+            map.remove(&k);
+        }
     }
-
-    pub fn delete(&mut self, pod: Pod) {
-        self.writer
-            .apply_watcher_event(&watcher::Event::Delete(pod));
-        self.tick.send_modify(|n| *n += 1);
-    }
+    map.insert((pod.namespace().unwrap_or_default(), pod.name_any()), pod);
 }
 
 #[cfg(test)]

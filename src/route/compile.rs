@@ -187,6 +187,11 @@ pub fn compile(route: &LogRoute, env: &CompileEnv<'_>) -> Result<Compiled, Vec<P
                 name,
                 uid: route.metadata.uid.clone(),
                 generation: route.metadata.generation,
+                created: route
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string()),
             },
             scope,
             selector,

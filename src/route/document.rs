@@ -48,6 +48,12 @@ pub struct RouteIdentity {
     pub uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The LogRoute's `metadata.creationTimestamp` (RFC 3339). Agents start a
+    /// container's lanes for this route no earlier than this, so a pod created together
+    /// with its route loses no line because an agent learned of the route late. Absent
+    /// for routes compiled from files (`--routes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 impl RouteIdentity {

@@ -132,6 +132,7 @@ mod tests {
                 name: "r".into(),
                 uid: None,
                 generation: None,
+                created: None,
             },
             scope: Scope {
                 namespaces,

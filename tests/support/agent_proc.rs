@@ -1,6 +1,10 @@
 //! The built `logroute agent` binary as a child process, so that a test can kill it
 //! (`kill -9`), stop it (SIGTERM) and start it again on the same state directory.
 //!
+//! Two modes: `--routes FILE` ([`AgentProc::start`]), and cluster mode
+//! ([`AgentProc::start_cluster`]: no `--routes`, the API server named by a kubeconfig
+//! through `KUBECONFIG`, node `node-1` through `NODE_NAME`).
+//!
 //! Its log (stderr) goes to `<dir>/agent-<n>.log`, one file per start; its metrics are
 //! served on a free loopback port and read with [`AgentProc::metric`].
 
@@ -10,10 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where the agent's routes come from.
+enum Mode {
+    Routes(PathBuf),
+    Cluster {
+        kubeconfig: PathBuf,
+        namespace: String,
+    },
+}
+
+/// The node name every agent started here runs as (`--node-name`, `NODE_NAME`).
+pub const NODE: &str = "node-1";
+
 pub struct AgentProc {
     child: Option<Child>,
     dir: PathBuf,
-    routes: PathBuf,
+    mode: Mode,
     env: Vec<(String, String)>,
     port: u16,
     starts: usize,
@@ -33,7 +49,34 @@ impl AgentProc {
         let mut a = AgentProc {
             child: None,
             dir: dir.to_path_buf(),
-            routes: routes.to_path_buf(),
+            mode: Mode::Routes(routes.to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            port: 0,
+            starts: 0,
+        };
+        a.restart();
+        a
+    }
+
+    /// Start `logroute agent` in cluster mode against the API server of `kubeconfig`,
+    /// reading compiled routes from `namespace`, and wait until it serves `/healthz`
+    /// (not until it is ready: see [`AgentProc::wait_ready`]).
+    pub fn start_cluster(
+        dir: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
+        let mut a = AgentProc {
+            child: None,
+            dir: dir.to_path_buf(),
+            mode: Mode::Cluster {
+                kubeconfig: kubeconfig.to_path_buf(),
+                namespace: namespace.to_string(),
+            },
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -69,9 +112,23 @@ impl AgentProc {
         self.port = free_port();
         let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logroute"));
-        cmd.args(["agent", "--node-name", "node-1", "--routes"])
-            .arg(&self.routes)
-            .arg("--state-dir")
+        cmd.args(["agent", "--node-name", NODE]);
+        match &self.mode {
+            Mode::Routes(routes) => {
+                cmd.arg("--routes").arg(routes);
+            }
+            Mode::Cluster {
+                kubeconfig,
+                namespace,
+            } => {
+                cmd.args(["--namespace", namespace])
+                    .env("KUBECONFIG", kubeconfig)
+                    .env("NODE_NAME", NODE)
+                    .env_remove("HTTPS_PROXY")
+                    .env_remove("https_proxy");
+            }
+        }
+        cmd.arg("--state-dir")
             .arg(self.state_dir())
             .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
             .env("LOGROUTE_LOG", "info")
@@ -83,22 +140,52 @@ impl AgentProc {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn logroute agent"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("logroute_agent_routes{state=\"active\"}") < 1.0 {
+        match self.mode {
+            Mode::Routes(_) => self.wait_until("an active route", Duration::from_secs(30), |a| {
+                a.metric("logroute_agent_routes{state=\"active\"}") >= 1.0
+            }),
+            Mode::Cluster { .. } => {
+                self.wait_until("/healthz answering", Duration::from_secs(30), |a| {
+                    a.get("/healthz").is_some()
+                })
+            }
+        }
+    }
+
+    /// Poll `check` until it holds; fail after `timeout` with the agent's log, or at
+    /// once when the agent exits.
+    #[track_caller]
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, check: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("agent exited at start ({status}); its log:\n{}", self.log());
+                panic!(
+                    "agent exited ({status}) while waiting for {what}; its log:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "agent has no active route 30 s after start; its log:\n{}",
+                "agent: no {what} {timeout:?} after start; its log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The status of `GET /readyz`; `None` when the agent does not answer.
+    pub fn readyz(&self) -> Option<u16> {
+        self.get("/readyz").map(|(status, _)| status)
+    }
+
+    /// Wait until `/readyz` answers 200.
+    #[track_caller]
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        self.wait_until("/readyz 200", timeout, |a| a.readyz() == Some(200));
     }
 
     /// SIGKILL, as in a crash; waits for the process to be gone.
@@ -140,17 +227,26 @@ impl AgentProc {
 
     /// `GET /metrics`; empty when the agent does not answer.
     pub fn metrics(&self) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
+        self.get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// `GET path` on the agent's metrics port: status and body, `None` when it does not
+    /// answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        if s.write_all(request.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string());
+        Some((status, body))
     }
 
     /// Sum of the samples whose name and labels start with `prefix` (e.g.

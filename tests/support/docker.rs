@@ -128,33 +128,26 @@ pub fn sandbox_labels(
     labels
 }
 
-/// A Pod object as the API server would send it to the agent's pod reflector.
+/// A Pod of node `node-1` (the agents' node) as a client writes it to the API server:
+/// the server gives it its uid, which the pod's containers must then carry
+/// ([`pod_labels`]).
 pub fn pod_object(
     namespace: &str,
     name: &str,
-    uid: &str,
     labels: &[(&str, &str)],
     annotations: &[(&str, &str)],
-) -> k8s_openapi::api::core::v1::Pod {
-    let map = |pairs: &[(&str, &str)]| {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+) -> serde_json::Value {
+    let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, serde_json::Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect()
     };
-    k8s_openapi::api::core::v1::Pod {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            uid: Some(uid.into()),
-            labels: map(labels),
-            annotations: map(annotations),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": map(labels), "annotations": map(annotations)},
+        "spec": {"nodeName": super::agent_proc::NODE, "containers": [{"name": "c", "image": "busybox"}]},
+    })
 }
 
 /// The Docker name cri-dockerd gives a pod's container (`POD` for the sandbox).

@@ -1,10 +1,12 @@
-//! Shared harness for integration tests: real dockerd, rsyslog, bulk servers.
+//! Shared harness for integration tests: real dockerd, rsyslog, bulk servers, an API server.
 //!
 //! Each test binary uses part of it, so unused items are expected.
 #![allow(dead_code)]
 
 pub mod agent_proc;
+pub mod apiserver;
 pub mod bulk;
+pub mod cluster;
 pub mod docker;
 pub mod dockerd;
 pub mod env;

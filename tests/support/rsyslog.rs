@@ -59,6 +59,24 @@ pub struct Received {
     pub raw: String,
 }
 
+impl Received {
+    /// A parameter of the RFC 5424 structured data (`[id name="value" ...]`), unescaped.
+    pub fn sd_param(&self, name: &str) -> Option<String> {
+        let needle = format!(" {name}=\"");
+        let start = self.sd.find(&needle)? + needle.len();
+        let mut out = String::new();
+        let mut chars = self.sd[start..].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => return Some(out),
+                c => out.push(c),
+            }
+        }
+        None
+    }
+}
+
 pub struct Rsyslog {
     dir: tempfile::TempDir,
     child: Option<Child>,
