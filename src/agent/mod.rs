@@ -252,19 +252,25 @@ impl Agent {
             stop.clone(),
         ));
         // Discovery announces what runs and what exited since the start point; the sweep
-        // what exited earlier with a lane left unfinished.
+        // what exited earlier with a lane left unfinished. After a damaged checkpoint file
+        // the start point is the beginning of Docker's logs: only running containers are
+        // re-read then, not every exited container the host still keeps.
+        let exited_since = match opened.previous {
+            PreviousRun::Damaged => Timestamp::now(),
+            _ => start.since(),
+        };
         tokio::spawn(sweep_checkpoints(
             docker.clone(),
             checkpoints.clone(),
             events_tx.clone(),
-            start.since(),
+            exited_since,
         ));
         tokio::spawn(docker::watch_containers(
             docker,
             events_tx,
             metrics.clone(),
             stop.clone(),
-            start.since(),
+            exited_since,
         ));
         let manager = tokio::spawn(pipeline::manage(ctx, events_rx, went));
         Ok(Self {
