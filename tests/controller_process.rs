@@ -229,11 +229,12 @@ fn replicas_become_ready_stand_by_and_take_over_after_the_leader_is_killed() {
         !b_log.contains("became leader") && !b_log.contains("caches synced"),
         "the standby acted as leader while ctl-a held the lease; its log:\n{b_log}"
     );
-    assert_eq!(
-        b.metric("logroute_controller_reconciliations_total"),
-        0.0,
-        "the standby reconciled"
+    let reconciled = "logroute_controller_reconciliations_total";
+    assert!(
+        a.metric(reconciled) >= 4.0,
+        "the leader counts its reconciles in {reconciled}"
     );
+    assert_eq!(b.metric(reconciled), 0.0, "the standby reconciled");
     assert_eq!(lease_holder(&api).as_deref(), Some("ctl-a"));
 
     // kill -9 the leader: the standby takes over once the lease has stood still for its
@@ -260,4 +261,40 @@ fn replicas_become_ready_stand_by_and_take_over_after_the_leader_is_killed() {
         Duration::from_secs(20),
         |_| compiled(&api, &ns, "after-takeover"),
     );
+}
+
+#[test]
+fn a_leader_is_not_ready_while_its_initial_lists_are_held() {
+    let api = ApiServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let ns = format!("held-{}", std::process::id());
+    for name in [OPERATOR_NS, ns.as_str()] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));
+    }
+    api.apply(route(&ns, "only"));
+    api.hold_lists(true);
+
+    let mut c = ControllerProc::start(dir.path(), &kubeconfig, "ctl-held");
+    c.wait_until("the lease", Duration::from_secs(10), |_| {
+        lease_holder(&api).as_deref() == Some("ctl-held")
+    });
+    c.wait_until("/readyz to answer", Duration::from_secs(10), |c| {
+        c.readyz().is_some()
+    });
+    assert_eq!(
+        c.readyz(),
+        Some(503),
+        "a leader whose lists are unanswered claims to be ready"
+    );
+    api.hold_lists(false);
+    c.wait_until(
+        "/readyz 200 once lists are answered",
+        Duration::from_secs(10),
+        |c| c.readyz() == Some(200),
+    );
+    c.wait_until("the route compiled", Duration::from_secs(20), |_| {
+        compiled(&api, &ns, "only")
+    });
 }

@@ -264,7 +264,8 @@ enum Leading {
 
 /// Run `lead` while this replica holds the lease, until `shutdown`. `lead` gets a token
 /// that is cancelled when leadership ends or shutdown begins; it must then stop. After
-/// a loss this replica goes back to standby and contends again. On shutdown the lease is
+/// a loss this replica goes back to standby and contends again. `on_standby` is called
+/// once per standby phase, after its first attempt that did not win the lease. On shutdown the lease is
 /// released once `lead` has stopped.
 ///
 /// The lease may pass to another replica `lease_duration` after our last successful
@@ -289,8 +290,8 @@ where
     let (retry, deadline) = (settings.retry_period, settings.renew_deadline);
     let stop_margin = settings.lease_duration.saturating_sub(deadline) / 2;
     loop {
-        on_standby();
         // Standby: contend until we lead or shut down.
+        let mut standby_announced = false;
         let mut renewed = loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -301,6 +302,12 @@ where
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(error = %e, "cannot acquire the leader lease; retrying"),
                 Err(_) => warn!("acquiring the leader lease timed out; retrying"),
+            }
+            // After the first attempt, not before it: a replica that wins at once is
+            // never reported as a ready standby only to turn unready as a new leader.
+            if !standby_announced {
+                on_standby();
+                standby_announced = true;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -116,9 +116,9 @@ impl ControllerArgs {
 }
 
 /// Run until SIGTERM/SIGINT: serve metrics, contend for the leader lease, and while
-/// leading run the Controller. Readiness (see [`ready`]): a standby replica is ready at
-/// once; the leader once its LogRoute, namespace and Secret-metadata watches have
-/// completed their initial list.
+/// leading run the Controller. Readiness (see [`ready`]): a standby replica is ready once
+/// it has found the lease held; the leader once its LogRoute, namespace and
+/// Secret-metadata watches have completed their initial list.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let lease = args.lease_settings(&identity())?;
     let client = Client::try_default().await.context(

@@ -9,8 +9,9 @@
 //! its `/readyz` stayed 503. [`CacheSync`] keeps its state in a `tokio::sync::watch`
 //! channel, which wakes every waiter.
 //!
-//! Definition (also in README): a standby replica is ready at once (it serves nothing that
-//! needs a cache, and a rollout of two replicas must finish); the leader is ready once its
+//! Definition (also in README): a standby replica is ready after its first attempt at the
+//! Lease that did not win it (it serves nothing that needs a cache, and a rollout of two
+//! replicas must finish); the leader is ready once its
 //! LogRoute, namespace and Secret-metadata watches have each delivered their first complete
 //! list (`InitDone`). A later re-list does not make it unready: the stores keep their last
 //! complete state until the new list is complete.

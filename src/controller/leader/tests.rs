@@ -280,13 +280,19 @@ async fn a_hanging_renewal_stops_the_leader_within_the_renew_deadline_of_the_las
         .expect("lead task ended");
 
     // Back to standby: it contends again and finds the lease taken.
-    api.serve(Call::get(lease_path()).reply(200, lease("pod-b", "3", 15)))
-        .await;
     assert_eq!(
         standby.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "on_standby at start and after the loss"
+        0,
+        "a replica that won the lease at once was never a standby"
     );
+    api.serve(Call::get(lease_path()).reply(200, lease("pod-b", "3", 15)))
+        .await;
+    within("on_standby after the loss", async {
+        while standby.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     shutdown.cancel();
     within("run_elected to return", task)
         .await
