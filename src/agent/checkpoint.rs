@@ -84,6 +84,10 @@ struct Slot {
     /// Sequence number and copy index (0 or 1) of the newest valid copy.
     seq: u64,
     copy: usize,
+    /// Bumped each time a lane claims the slot (in memory only): handles of an earlier
+    /// claim — a stopped worker's late acknowledgement after a route edit — no longer
+    /// move it.
+    owner: u64,
 }
 
 struct Inner {
@@ -116,6 +120,8 @@ pub struct LaneCheckpoint {
     head_ns: AtomicI64,
     /// Newest timestamp (ns) of the position the sink accepted.
     accepted_ns: AtomicI64,
+    /// The claim this handle belongs to (see `Slot::owner`).
+    owner: u64,
 }
 
 fn lane_hash(route: &str, sink: &str) -> u64 {
@@ -271,6 +277,7 @@ impl Checkpoints {
         for i in 0..whole - 1 {
             let block = &map[(i + 1) * BLOCK..(i + 2) * BLOCK];
             let mut slot = Slot {
+                owner: 0,
                 container: String::new(),
                 lane: 0,
                 cursor: Cursor::default(),
@@ -391,7 +398,8 @@ impl Checkpoints {
     }
 
     /// The lane's checkpoint, claiming a slot at `start` when it has none. Returns the
-    /// handle and the lane's saved position (`start` for a new slot).
+    /// handle and the lane's saved position (`start` for a new slot). Every call is a new
+    /// claim: earlier handles of the same lane stop moving the slot.
     pub fn lane(
         self: &Arc<Self>,
         container: &str,
@@ -416,6 +424,8 @@ impl Checkpoints {
                 (i, start)
             }
         };
+        inner.slots[slot].owner += 1;
+        let owner = inner.slots[slot].owner;
         drop(inner);
         let lane = Arc::new(LaneCheckpoint {
             store: self.clone(),
@@ -426,6 +436,7 @@ impl Checkpoints {
             sink: sink.to_string(),
             head_ns: AtomicI64::new(nanos(cursor.latest())),
             accepted_ns: AtomicI64::new(nanos(cursor.latest())),
+            owner,
         });
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         lanes.retain(|l| l.strong_count() > 0);
@@ -476,6 +487,7 @@ impl Checkpoints {
         inner.file.set_len(((new + 1) * BLOCK) as u64).map_err(io)?;
         inner.map = map(&inner.file, &self.path)?;
         inner.slots.extend((old..new).map(|_| Slot {
+            owner: 0,
             container: String::new(),
             lane: 0,
             cursor: Cursor::default(),
@@ -540,7 +552,10 @@ impl LaneCheckpoint {
 
     fn owns(&self, inner: &Inner) -> bool {
         let slot = &inner.slots[self.slot];
-        slot.used && slot.lane == self.hash && slot.container == self.container
+        slot.used
+            && slot.lane == self.hash
+            && slot.container == self.container
+            && slot.owner == self.owner
     }
 
     /// The newest line read from the container (lag is measured against it).

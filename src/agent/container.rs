@@ -39,7 +39,14 @@ enum CatchMsg {
         generation: u64,
         result: Result<Cursor, DockerError>,
     },
+    /// The sink's queue had no room for [`CATCHUP_STALL`]: the catch-up closed its
+    /// stream and gave its permit back, so a dead sink cannot hold the agent's catch-up
+    /// streams while healthy sinks wait for one.
+    Paused { lane: u64, generation: u64 },
 }
+
+/// How long a catch-up waits for room in its sink's queue before it gives up its stream.
+const CATCHUP_STALL: Duration = Duration::from_secs(1);
 
 struct Following {
     ctx: Arc<AgentContext>,
@@ -146,7 +153,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
             changed = routes_rx.changed() => {
                 if changed.is_err() { break; }
                 let table = routes_rx.borrow_and_update().clone();
-                f.flush(true);
+                f.flush_changed(&table);
                 f.rematch(&table);
             }
             Some(()) = wait_changed(&mut pod_changes) => {
@@ -232,12 +239,17 @@ impl Following {
                 .iter()
                 .position(|l| l.route.key == route.key && l.sink_name() == name)
             {
-                let mut lane = old.swap_remove(at);
-                if !Arc::ptr_eq(&lane.route, &route) {
-                    lane.set_route(route, i);
+                let lane = old.swap_remove(at);
+                if Arc::ptr_eq(&lane.route, &route) {
+                    self.lanes.push(lane);
+                    continue;
                 }
-                self.lanes.push(lane);
-                continue;
+                // The route was edited: its old workers are stopped and what they held
+                // is not delivered. The lane starts over from what its sink accepted,
+                // with the new version (a new claim of its checkpoint, so a late
+                // acknowledgement of the old worker cannot move it).
+                tracing::info!(container = %self.container.name, route = %route.key, sink = %name, "route edited; this sink resumes from its checkpoint with the new version");
+                drop(lane);
             }
             self.parked
                 .retain(|p| !(p.checkpoint.route == route.key && p.checkpoint.sink == *name));
@@ -324,6 +336,18 @@ impl Following {
         }
     }
 
+    /// Before a rematch: lanes whose route version is no longer in `table` emit what
+    /// their multiline joiners hold. Other lanes keep theirs, so another tenant's edit
+    /// never cuts a stack trace in two.
+    fn flush_changed(&mut self, table: &RouteTable) {
+        let now = Instant::now();
+        for lane in &mut self.lanes {
+            if !table.routes.iter().any(|r| Arc::ptr_eq(r, &lane.route)) {
+                lane.flush(&self.info, now, true);
+            }
+        }
+    }
+
     fn flush(&mut self, all: bool) {
         let now = Instant::now();
         for lane in &mut self.lanes {
@@ -384,7 +408,8 @@ impl Following {
             }
             | CatchMsg::Ended {
                 lane, generation, ..
-            } => (*lane, *generation),
+            }
+            | CatchMsg::Paused { lane, generation } => (*lane, *generation),
         };
         let Some(at) = self.lanes.iter_mut().position(|l| {
             l.id == id
@@ -396,6 +421,10 @@ impl Following {
         };
         let lane = &mut self.lanes[at];
         match msg {
+            CatchMsg::Paused { .. } => {
+                tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue still full; catch-up stream released until it drains");
+                lane.stop_catchup();
+            }
             CatchMsg::Lines { lines, .. } => {
                 let now = Instant::now();
                 for line in &lines {
@@ -572,13 +601,19 @@ async fn catch_up(
             .await
         }
     };
+    // Ok(true): the queue stayed full for CATCHUP_STALL; the read is stopped.
     let forward = async {
         while let Some(lines) = rx.recv().await {
             let room = (lines.len() + 1).min(queue.max_capacity());
+            let stalled = Instant::now() + CATCHUP_STALL;
             while queue.capacity() < room {
+                if Instant::now() >= stalled {
+                    stop.cancel();
+                    return true;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return false,
                 }
             }
             let msg = CatchMsg::Lines {
@@ -587,11 +622,16 @@ async fn catch_up(
                 lines,
             };
             if out.send(msg).await.is_err() {
-                return;
+                return false;
             }
         }
+        false
     };
-    let (result, ()) = tokio::join!(read, forward);
+    let (result, stalled) = tokio::join!(read, forward);
+    if stalled {
+        let _ = out.send(CatchMsg::Paused { lane, generation }).await;
+        return;
+    }
     let _ = out
         .send(CatchMsg::Ended {
             lane,

@@ -203,14 +203,6 @@ impl Lane {
         }
     }
 
-    /// Use another version of the same route (its sinks were rebuilt). Joiners must be
-    /// flushed before.
-    pub fn set_route(&mut self, route: Arc<ActiveRoute>, sink: usize) {
-        self.route = route;
-        self.sink = sink;
-        self.reset_joiners();
-    }
-
     fn reset_joiners(&mut self) {
         let max_bytes = self.max_bytes;
         self.joiners = self.route.matcher.document.multiline.as_ref().map(|m| {
@@ -320,19 +312,25 @@ impl Lane {
         }
         d.reached = furthest(d.reached, &line.cursor);
         let result = self.take(line, info, &mut None, now);
-        if result.is_err()
-            && let Mode::Detached(d) = &mut self.mode
-        {
-            // Start over from the position; what the joiners held is read again.
+        if result.is_err() {
+            self.stop_catchup();
+        }
+        result
+    }
+
+    /// Stop the running catch-up; the next one starts again from [`Lane::pos`] (what
+    /// the joiners held is read again).
+    pub fn stop_catchup(&mut self) {
+        let pos = self.pos;
+        if let Mode::Detached(d) = &mut self.mode {
             if let Some(c) = d.catchup.take() {
                 c.stop.cancel();
             }
-            d.reached = self.pos;
+            d.reached = pos;
             self.reset_joiners();
             self.owed = false;
             self.held = 0;
         }
-        result
     }
 
     /// A catch-up is about to start from [`Lane::pos`].

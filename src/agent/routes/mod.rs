@@ -6,8 +6,10 @@
 //! connections) across updates; when only its credentials changed, the workers get the
 //! new ones and use them from their next attempt, so a batch held back by a wrong
 //! password is sent once the Secret is fixed. A route whose document changed gets new
-//! workers; the old ones finish what is queued with the old settings and stop once no
-//! container holds them any more.
+//! workers and the old ones stop at once: what they had queued is not sent with the old
+//! settings (say, to an address the user just corrected) but re-read by each lane from
+//! its checkpoint and sent with the new ones — nothing stranded, nothing repeated. A
+//! route that leaves the table stops its workers the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -156,6 +158,7 @@ impl RouteTableManager {
     pub fn apply(&mut self, inputs: BTreeMap<String, RouteInput>) {
         let mut next = BTreeMap::new();
         let mut rejected = 0;
+        let mut replaced = Vec::new();
         for (key, input) in inputs {
             let previous = self.current.remove(&key);
             if let Some((old, active)) = &previous {
@@ -176,6 +179,11 @@ impl RouteTableManager {
             match self.build(&key, &input, previous.as_ref().map(|(_, a)| a.as_ref())) {
                 Ok(active) => {
                     tracing::info!(route = %key, sinks = active.sinks.len(), "route active");
+                    if let Some((_, old)) = &previous {
+                        // Edited: the old workers stop; lanes resume from their
+                        // checkpoints with the new version (see the container task).
+                        replaced.push(old.clone());
+                    }
                     next.insert(key, (input, Arc::new(active)));
                 }
                 Err(e) => {
@@ -205,6 +213,9 @@ impl RouteTableManager {
         let routes = self.current.values().map(|(_, a)| a.clone()).collect();
         self.tx.send_replace(Arc::new(RouteTable { routes }));
         self.synced.send_replace(true);
+        for old in replaced {
+            old.stop.cancel();
+        }
         for (key, (_, active)) in removed {
             tracing::info!(route = %key, "route removed; its sink workers stop");
             active.stop.cancel();
