@@ -462,6 +462,7 @@ async fn discovery_announces_new_containers_within_a_second_and_their_end() {
         tx,
         m.clone(),
         shutdown.clone(),
+        logroute::record::Timestamp::now(),
     ));
 
     // Already running: announced by the initial list, with its pod labels.

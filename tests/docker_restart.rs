@@ -52,6 +52,7 @@ async fn reading_survives_a_dockerd_restart() {
         events_tx,
         m.clone(),
         shutdown.clone(),
+        logroute::record::Timestamp::now(),
     ));
     let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(64);
     let reader = {

@@ -255,16 +255,26 @@ impl Agent {
             Duration::from_millis(args.checkpoint_sync_ms.max(10)),
             stop.clone(),
         ));
+        // Discovery announces what runs and what exited since the start point; the sweep
+        // what exited earlier with a lane left unfinished. After a damaged checkpoint file
+        // the start point is the beginning of Docker's logs: only running containers are
+        // re-read then, not every exited container the host still keeps.
+        let exited_since = match opened.previous {
+            PreviousRun::Damaged => Timestamp::now(),
+            _ => start.since(),
+        };
         tokio::spawn(sweep_checkpoints(
             docker.clone(),
             checkpoints.clone(),
             events_tx.clone(),
+            exited_since,
         ));
         tokio::spawn(docker::watch_containers(
             docker,
             events_tx,
             metrics.clone(),
             stop.clone(),
+            exited_since,
         ));
         let manager = tokio::spawn(pipeline::manage(ctx, events_rx, went));
         Ok(Self {
@@ -379,12 +389,14 @@ async fn sync_checkpoints(
     }
 }
 
-/// Checkpoints of containers that are gone are dropped; containers that stopped while
-/// no agent ran are read to their end (discovery announces running ones only).
+/// Checkpoints of containers that are gone are dropped. Containers with a checkpoint that
+/// exited before `floor` (so discovery does not announce them) are announced, so that the
+/// lanes the previous agent left unfinished are read to their end.
 async fn sweep_checkpoints(
     docker: bollard::Docker,
     checkpoints: Arc<Checkpoints>,
     events: mpsc::Sender<docker::ContainerEvent>,
+    floor: Timestamp,
 ) {
     if docker::negotiate(&docker).await.is_err() {
         return;
@@ -395,7 +407,7 @@ async fn sweep_checkpoints(
                 tracing::info!(container = %id, "container of a checkpoint is gone; checkpoint dropped");
                 checkpoints.forget_container(&id);
             }
-            Ok(Some(c)) if !c.running => {
+            Ok(Some(c)) if !c.running && !docker::announce_listed(&c, floor) => {
                 let _ = events.send(docker::ContainerEvent::Running(c)).await;
             }
             Ok(Some(_)) => {}

@@ -176,6 +176,37 @@ impl ApiServer {
         }
     }
 
+    /// Answer the next call as `call` says, for tests that drive a long-running task
+    /// themselves instead of handing [`ApiServer::run`] a future.
+    pub async fn serve(&mut self, call: Call) {
+        let (request, send) = self.next(&call).await;
+        answer(0, call, request, send).await;
+    }
+
+    /// Take the next call, which must have `call`'s method and path, and never answer
+    /// it: a hung API server. The call hangs for as long as the returned responder lives.
+    pub async fn hang(&mut self, call: Call) -> mock::SendResponse<Response<Body>> {
+        let (request, send) = self.next(&call).await;
+        assert!(
+            request.method() == call.method && request.uri().path() == call.path,
+            "expected {} (to leave unanswered), saw {} {}",
+            call.describe(),
+            request.method(),
+            request.uri()
+        );
+        send
+    }
+
+    async fn next(&mut self, call: &Call) -> (Request<Body>, mock::SendResponse<Response<Body>>) {
+        match tokio::time::timeout(WAIT, self.0.next_request()).await {
+            Ok(Some(next)) => next,
+            _ => panic!(
+                "expected call {}, but none came within {WAIT:?}",
+                call.describe()
+            ),
+        }
+    }
+
     /// Run `work` expecting no API call at all.
     pub async fn run_silent<T>(&mut self, work: impl Future<Output = T>) -> T {
         self.run(Vec::new(), work).await

@@ -250,10 +250,32 @@ impl LeaderElector {
     }
 }
 
+/// Why a leading phase ended.
+enum Leading {
+    /// SIGTERM/SIGINT: stop gracefully while the lease is still ours, then release it.
+    Shutdown,
+    /// `lead` returned (or panicked) by itself.
+    Finished(Result<Result<(), Error>, tokio::task::JoinError>),
+    /// Another replica holds the lease: stop at once.
+    Lost(String),
+    /// No renewal succeeded within the renew deadline: stop before the lease can expire.
+    Expired,
+}
+
 /// Run `lead` while this replica holds the lease, until `shutdown`. `lead` gets a token
-/// that is cancelled when leadership is lost or shutdown begins; it must then stop. After
-/// a loss this replica goes back to standby and contends again. On shutdown the lease is
+/// that is cancelled when leadership ends or shutdown begins; it must then stop. After
+/// a loss this replica goes back to standby and contends again. `on_standby` is called
+/// once per standby phase, after its first attempt that did not win the lease. On shutdown the lease is
 /// released once `lead` has stopped.
+///
+/// The lease may pass to another replica `lease_duration` after our last successful
+/// renewal (measured from when that renewal was sent — conservative, as observers start
+/// their clocks later). So, as in client-go, the whole renew loop is bounded by
+/// `renew_deadline` from the last success: each attempt gets only what is left of it.
+/// Once it is spent, `lead` is cancelled and given half of the remaining margin
+/// (`lease_duration - renew_deadline`) to stop; then its task is aborted, so no reconcile
+/// or sweep of ours runs once another replica may lead. When another replica already holds
+/// the lease, the task is aborted at once.
 pub async fn run_elected<F, Fut>(
     mut elector: LeaderElector,
     shutdown: CancellationToken,
@@ -264,76 +286,104 @@ where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
-    let retry = elector.settings().retry_period;
-    let deadline = elector.settings().renew_deadline;
+    let settings = elector.settings().clone();
+    let (retry, deadline) = (settings.retry_period, settings.renew_deadline);
+    let stop_margin = settings.lease_duration.saturating_sub(deadline) / 2;
     loop {
-        on_standby();
         // Standby: contend until we lead or shut down.
-        loop {
+        let mut standby_announced = false;
+        let mut renewed = loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            let sent = Instant::now();
             match tokio::time::timeout(deadline, elector.try_acquire_or_renew()).await {
-                Ok(Ok(Attempt::Leader)) => break,
+                Ok(Ok(Attempt::Leader)) => break sent,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(error = %e, "cannot acquire the leader lease; retrying"),
                 Err(_) => warn!("acquiring the leader lease timed out; retrying"),
+            }
+            // After the first attempt, not before it: a replica that wins at once is
+            // never reported as a ready standby only to turn unready as a new leader.
+            if !standby_announced {
+                on_standby();
+                standby_announced = true;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(retry) => {}
             }
-        }
+        };
 
-        info!(identity = %elector.settings().identity, "became leader; starting the controller");
+        info!(identity = %settings.identity, "became leader; starting the controller");
         let stop = shutdown.child_token();
         let mut task = tokio::spawn(lead(stop.clone()));
-        let mut renewed = Instant::now();
-        let ended_by_itself = loop {
+        let ended = loop {
+            let left = renew_time_left(renewed, deadline, Instant::now());
             tokio::select! {
-                _ = shutdown.cancelled() => break None,
-                ended = &mut task => break Some(ended),
-                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.cancelled() => break Leading::Shutdown,
+                ended = &mut task => break Leading::Finished(ended),
+                _ = tokio::time::sleep(retry.min(left)) => {}
             }
-            let attempt = tokio::time::timeout(deadline, elector.try_acquire_or_renew()).await;
+            let sent = Instant::now();
+            let left = renew_time_left(renewed, deadline, sent);
+            if left.is_zero() {
+                break Leading::Expired;
+            }
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => break Leading::Shutdown,
+                attempt = tokio::time::timeout(left, elector.try_acquire_or_renew()) => attempt,
+            };
             match attempt {
-                Ok(Ok(Attempt::Leader)) => {
-                    renewed = Instant::now();
-                    continue;
-                }
-                Ok(Ok(Attempt::HeldBy(holder))) => {
-                    warn!(%holder, "another replica holds the leader lease; stopping the controller");
-                    break None;
-                }
+                Ok(Ok(Attempt::Leader)) => renewed = sent,
+                Ok(Ok(Attempt::HeldBy(holder))) => break Leading::Lost(holder),
                 Ok(Ok(Attempt::Conflict)) => {
                     warn!("renewing the leader lease conflicted; retrying")
                 }
                 Ok(Err(e)) => warn!(error = %e, "cannot renew the leader lease; retrying"),
                 Err(_) => warn!("renewing the leader lease timed out"),
             }
-            if renewed.elapsed() >= deadline {
-                warn!(
-                    ?deadline,
-                    "leader lease not renewed within the renew deadline; stopping the controller"
-                );
-                break None;
-            }
         };
         stop.cancel();
-        let stopped_by_us = ended_by_itself.is_none();
-        let ended = match ended_by_itself {
-            Some(ended) => ended,
-            None => task.await,
+        let stop_by = match &ended {
+            Leading::Finished(_) => None,
+            Leading::Lost(holder) => {
+                warn!(%holder, "another replica holds the leader lease; stopping the controller now");
+                Some(Instant::now())
+            }
+            Leading::Expired => {
+                warn!(
+                    ?deadline,
+                    "leader lease not renewed within the renew deadline; stopping the controller before the lease can expire"
+                );
+                Some(renewed + deadline + stop_margin)
+            }
+            Leading::Shutdown => Some(renewed + deadline + stop_margin),
         };
-        let failure = match ended {
+        let stopped_by_us = stop_by.is_some();
+        let result = match (ended, stop_by) {
+            (Leading::Finished(result), _) => result,
+            (_, stop_by) => stop_in_time(&mut task, stop_by.unwrap_or_else(Instant::now)).await,
+        };
+        let failure = match result {
             Ok(Ok(())) if stopped_by_us => None,
             Ok(Ok(())) => Some("the controller stopped by itself".to_string()),
             Ok(Err(e)) => Some(e.to_string()),
+            // Aborted by `stop_in_time`.
+            Err(join) if stopped_by_us && join.is_cancelled() => None,
             Err(join) => Some(format!("the controller task failed: {join}")),
         };
         if shutdown.is_cancelled() || failure.is_some() {
-            if let Err(e) = elector.release().await {
-                warn!(error = %e, "cannot release the leader lease; a successor waits for it to expire");
+            match tokio::time::timeout(deadline, elector.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot release the leader lease; a successor waits for it to expire")
+                }
+                Err(_) => {
+                    warn!(
+                        "releasing the leader lease timed out; a successor waits for it to expire"
+                    )
+                }
             }
             return match failure {
                 Some(reason) => Err(Error::LeaderStopped(reason)),
@@ -344,172 +394,27 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::{Value, json};
+/// What is left of the renew deadline counted from the last successful renewal (pure).
+pub fn renew_time_left(renewed: Instant, deadline: Duration, now: Instant) -> Duration {
+    deadline.saturating_sub(now.saturating_duration_since(renewed))
+}
 
-    use super::*;
-    use crate::controller::fixtures::{Call, OP_NS, context};
-
-    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/logroute-system/leases";
-
-    fn lease_path() -> String {
-        format!("{LEASES}/{LEASE_NAME}")
-    }
-
-    fn lease(holder: &str, resource_version: &str, duration: i32) -> Value {
-        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-               "metadata": {"name": LEASE_NAME, "namespace": OP_NS, "resourceVersion": resource_version},
-               "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
-                        "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 3}})
-    }
-
-    fn spec(holder: Option<&str>, duration: i32) -> LeaseSpec {
-        LeaseSpec {
-            holder_identity: holder.map(String::from),
-            lease_duration_seconds: Some(duration),
-            ..LeaseSpec::default()
+/// Wait for the cancelled `task` until `stop_by`, then abort it.
+async fn stop_in_time<T>(
+    task: &mut tokio::task::JoinHandle<T>,
+    stop_by: Instant,
+) -> Result<T, tokio::task::JoinError> {
+    match tokio::time::timeout_at(stop_by, &mut *task).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(
+                "the controller did not stop in time; aborting it so that it cannot act without the lease"
+            );
+            task.abort();
+            task.await
         }
     }
-
-    #[test]
-    fn a_live_lease_of_another_holder_is_respected_until_it_stands_still_for_its_duration() {
-        let d = Duration::from_secs(15);
-        assert_eq!(
-            decide(&spec(Some("me"), 15), "me", Duration::ZERO, d),
-            Decision::Renew
-        );
-        assert_eq!(
-            decide(&spec(Some("other"), 15), "me", Duration::from_secs(14), d),
-            Decision::Wait
-        );
-        assert_eq!(
-            decide(&spec(Some("other"), 15), "me", Duration::from_secs(15), d),
-            Decision::TakeOver
-        );
-        assert_eq!(
-            decide(&spec(None, 15), "me", Duration::ZERO, d),
-            Decision::TakeOver,
-            "released"
-        );
-        assert_eq!(
-            decide(&spec(Some(""), 15), "me", Duration::ZERO, d),
-            Decision::TakeOver,
-            "released"
-        );
-        let no_duration = LeaseSpec {
-            holder_identity: Some("other".into()),
-            ..LeaseSpec::default()
-        };
-        assert_eq!(
-            decide(&no_duration, "me", Duration::from_secs(10), d),
-            Decision::Wait,
-            "default duration"
-        );
-    }
-
-    #[tokio::test]
-    async fn acquire_renew_respect_conflict_and_release() {
-        let (ctx, mut api, _) = context(&[]);
-        let mut elector =
-            LeaderElector::new(ctx.client.clone(), LeaseSettings::new(OP_NS, "pod-a"));
-
-        let calls = vec![
-            Call::get(lease_path()).not_found(),
-            Call::post(LEASES).body(|l| {
-                assert_eq!(l["spec"]["holderIdentity"], "pod-a", "{l}");
-                assert_eq!(l["spec"]["leaseDurationSeconds"], 15, "{l}");
-                assert_eq!(l["spec"]["leaseTransitions"], 0, "{l}");
-            }),
-        ];
-        assert_eq!(
-            api.run(calls, elector.try_acquire_or_renew())
-                .await
-                .expect("acquire"),
-            Attempt::Leader
-        );
-
-        let calls = vec![
-            Call::get(lease_path()).reply(200, lease("pod-a", "2", 15)),
-            Call::put(lease_path()).body(|l| {
-                assert_eq!(
-                    l["metadata"]["resourceVersion"], "2",
-                    "a renewal is guarded by resourceVersion: {l}"
-                );
-                assert_eq!(l["spec"]["holderIdentity"], "pod-a");
-                assert_eq!(
-                    l["spec"]["leaseTransitions"], 3,
-                    "a renewal is no transition"
-                );
-                assert_ne!(
-                    l["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z",
-                    "renewTime moves"
-                );
-            }),
-        ];
-        assert_eq!(
-            api.run(calls, elector.try_acquire_or_renew())
-                .await
-                .expect("renew"),
-            Attempt::Leader
-        );
-
-        let calls = vec![Call::get(lease_path()).reply(200, lease("pod-b", "3", 15))];
-        assert_eq!(
-            api.run(calls, elector.try_acquire_or_renew())
-                .await
-                .expect("read"),
-            Attempt::HeldBy("pod-b".into())
-        );
-
-        let calls = vec![
-            Call::get(lease_path()).reply(200, lease("pod-a", "4", 15)),
-            Call::put(lease_path()).conflict(),
-        ];
-        assert_eq!(
-            api.run(calls, elector.try_acquire_or_renew())
-                .await
-                .expect("race"),
-            Attempt::Conflict
-        );
-
-        let calls = vec![
-            Call::get(lease_path()).reply(200, lease("pod-a", "5", 15)),
-            Call::put(lease_path()).body(|l| {
-                assert!(
-                    l["spec"].get("holderIdentity").is_none(),
-                    "released lease has no holder: {l}"
-                );
-                assert_eq!(l["spec"]["leaseDurationSeconds"], 1);
-            }),
-        ];
-        api.run(calls, elector.release()).await.expect("release");
-
-        // Releasing a lease someone else holds changes nothing.
-        let calls = vec![Call::get(lease_path()).reply(200, lease("pod-b", "6", 15))];
-        api.run(calls, elector.release())
-            .await
-            .expect("release of a foreign lease");
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_is_taken_over_as_a_new_transition() {
-        let (ctx, mut api, _) = context(&[]);
-        let mut elector =
-            LeaderElector::new(ctx.client.clone(), LeaseSettings::new(OP_NS, "pod-a"));
-        let calls = vec![
-            Call::get(lease_path()).reply(200, lease("pod-b", "9", 0)),
-            Call::put(lease_path()).body(|l| {
-                assert_eq!(l["spec"]["holderIdentity"], "pod-a");
-                assert_eq!(l["spec"]["leaseTransitions"], 4, "{l}");
-                assert!(l["spec"]["acquireTime"].is_string(), "{l}");
-            }),
-        ];
-        assert_eq!(
-            api.run(calls, elector.try_acquire_or_renew())
-                .await
-                .expect("take over"),
-            Attempt::Leader
-        );
-    }
 }
+
+#[cfg(test)]
+mod tests;

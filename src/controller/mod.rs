@@ -6,6 +6,7 @@
 //! - [`triggers`]: Secret, namespace and compiled-object watches that re-trigger routes.
 //! - [`sweep`]: the start-up removal of compiled objects whose LogRoute is gone.
 //! - [`leader`]: Lease-based leader election; only the leader runs the Controller.
+//! - [`ready`]: when the leader is ready (`/readyz`): its caches' initial lists are done.
 //!
 //! The Kubernetes API calls the controller makes are the controller rows of
 //! [`crate::permissions`]; the scripted API server of the tests refuses any call that is
@@ -16,6 +17,7 @@ pub mod error;
 pub mod index;
 pub mod leader;
 pub mod objects;
+pub mod ready;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -32,11 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use std::future::Future;
+
+use futures::{Stream, StreamExt};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +48,7 @@ use tracing::{debug, info, warn};
 
 pub use context::Context;
 pub use error::Error;
+use ready::{Cache, CacheSync};
 pub use reconcile::{error_policy, reconcile};
 
 use crate::api::LogRoute;
@@ -71,12 +76,51 @@ pub struct ControllerArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "LOGROUTE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+    /// How long the leader Lease is honoured without renewal; a standby takes over a
+    /// lease that stood still this long.
+    #[arg(long, env = "LOGROUTE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// A leader that has not renewed for this long stops reconciling (less than the lease
+    /// duration, so it stops before anyone may take over).
+    #[arg(
+        long,
+        env = "LOGROUTE_LEASE_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10
+    )]
+    pub lease_renew_deadline_seconds: u64,
+    /// Time between attempts to acquire or renew the Lease.
+    #[arg(long, env = "LOGROUTE_LEASE_RETRY_SECONDS", default_value_t = 2)]
+    pub lease_retry_seconds: u64,
+}
+
+impl ControllerArgs {
+    /// The Lease settings from the flags; refuses timings under which a leader could act
+    /// after its lease passed to another replica.
+    pub fn lease_settings(&self, identity: &str) -> anyhow::Result<leader::LeaseSettings> {
+        let (duration, deadline, retry) = (
+            self.lease_duration_seconds,
+            self.lease_renew_deadline_seconds,
+            self.lease_retry_seconds,
+        );
+        anyhow::ensure!(
+            retry >= 1 && retry < deadline && deadline < duration,
+            "lease timings must satisfy 1 <= --lease-retry-seconds ({retry}) < --lease-renew-deadline-seconds ({deadline}) < --lease-duration-seconds ({duration})"
+        );
+        Ok(leader::LeaseSettings {
+            lease_duration: Duration::from_secs(duration),
+            renew_deadline: Duration::from_secs(deadline),
+            retry_period: Duration::from_secs(retry),
+            ..leader::LeaseSettings::new(&self.namespace, identity)
+        })
+    }
 }
 
 /// Run until SIGTERM/SIGINT: serve metrics, contend for the leader lease, and while
-/// leading run the Controller. Readiness: a standby replica is ready at once; the leader
-/// once its LogRoute and namespace caches are filled.
+/// leading run the Controller. Readiness (see [`ready`]): a standby replica is ready once
+/// it has found the lease held; the leader once its LogRoute, namespace and
+/// Secret-metadata watches have completed their initial list.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let lease = args.lease_settings(&identity())?;
     let client = Client::try_default().await.context(
         "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",
     )?;
@@ -94,12 +138,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
 
-    let identity = identity();
+    let identity = lease.identity.clone();
     info!(%identity, namespace = %args.namespace, "controller starting");
-    let elector = leader::LeaderElector::new(
-        client.clone(),
-        leader::LeaseSettings::new(&args.namespace, &identity),
-    );
+    let elector = leader::LeaderElector::new(client.clone(), lease);
     let standby_ready = readiness.clone();
     let elected = leader::run_elected(
         elector,
@@ -127,6 +168,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 /// What the leader does until `stop`: sweep orphans, then run the Controller.
+/// [`leader::run_elected`] aborts this task if it does not stop in time, so nothing here
+/// writes after the lease may have passed to another replica.
 async fn lead(
     client: Client,
     operator_namespace: String,
@@ -137,7 +180,11 @@ async fn lead(
 ) -> Result<(), Error> {
     readiness.set(false);
     loop {
-        match sweep::sweep(&client, &operator_namespace).await {
+        let swept = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            swept = sweep::sweep(&client, &operator_namespace) => swept,
+        };
+        match swept {
             Ok(_) => break,
             Err(e) => warn!(error = %e, "start-up sweep failed; retrying"),
         }
@@ -158,23 +205,36 @@ async fn lead(
         operator_namespace,
         metrics,
         recorder,
-        namespaces.clone(),
+        namespaces,
     ));
-
-    let routes: Api<Guarded> = Api::all(client);
-    let controller = Controller::new(routes, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
-        .reconcile_on(triggers::triggers(ctx.clone(), namespace_writer))
-        .graceful_shutdown_on(stop.clone().cancelled_owned());
-    let route_cache = controller.store();
-    let synced = tokio::spawn(async move {
-        if route_cache.wait_until_ready().await.is_ok()
-            && namespaces.wait_until_ready().await.is_ok()
-        {
-            info!("caches synced; reconciling");
-            readiness.set(true);
+    let sync = CacheSync::new(readiness);
+    let (route_cache, route_writer) = reflector::store::<Guarded>();
+    let route_sync = sync.clone();
+    let route_events = watcher(
+        Api::<Guarded>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(route_writer)
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            route_sync.observe(Cache::Routes, event);
         }
-    });
+    })
+    .applied_objects();
+    // Reconciles compile namespaceSelectors against the namespace cache, so LogRoutes are
+    // listed (and the Controller starts) only once that cache is filled. The namespace
+    // watch is polled by the Controller as one of its triggers, so it fills meanwhile.
+    let gate = sync.clone();
+    let route_events = held_until(
+        async move { gate.synced(Cache::Namespaces).await },
+        route_events,
+    );
+
+    let controller = Controller::for_stream(route_events, route_cache)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+        .reconcile_on(triggers::triggers(ctx.clone(), namespace_writer, sync))
+        .graceful_shutdown_on(stop.clone().cancelled_owned());
 
     controller
         .run(reconcile, error_policy, ctx)
@@ -191,8 +251,14 @@ async fn lead(
             }
         })
         .await;
-    synced.abort();
     Ok(())
+}
+
+/// `stream`, not polled before `gate` completes.
+fn held_until<S: Stream>(gate: impl Future<Output = ()>, stream: S) -> impl Stream<Item = S::Item> {
+    futures::stream::once(gate)
+        .filter_map(|()| std::future::ready(None))
+        .chain(stream)
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -22,28 +22,33 @@ use super::Guarded;
 use super::context::Context;
 use super::index::{RouteIndex, RouteKey};
 use super::objects::Source;
+use super::ready::{Cache, CacheSync};
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ROUTE_LABEL};
 
 type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// All trigger streams merged. The namespace watch also fills `namespaces` (whose reader
 /// is `ctx.namespaces`), so this stream must be polled for reconciles to make progress —
-/// the Controller does so once it runs.
+/// the Controller does so once it runs. The namespace and Secret watches report their
+/// initial lists to `sync` (readiness).
 pub fn triggers(
     ctx: Arc<Context>,
     namespaces: Writer<NamespaceMeta>,
+    sync: CacheSync,
 ) -> impl Stream<Item = ObjectRef<Guarded>> + Send + 'static {
     let client = ctx.client.clone();
     let config = watcher::Config::default().any_semantic();
 
     let ns_ctx = ctx.clone();
     let mut writer = namespaces;
+    let ns_sync = sync.clone();
     let namespace_triggers = watcher(Api::<NamespaceMeta>::all(client.clone()), config.clone())
         .default_backoff()
         .map(move |event| match event {
             Ok(event) => {
                 let changed = namespace_changed(&ns_ctx.namespaces, &event);
                 writer.apply_watcher_event(&event);
+                ns_sync.observe(Cache::Namespaces, &event);
                 if changed {
                     ns_ctx.index().routes_with_namespace_selector()
                 } else {
@@ -62,6 +67,11 @@ pub fn triggers(
         config.clone(),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            sync.observe(Cache::Secrets, event);
+        }
+    })
     .touched_objects()
     .map(move |secret| match secret {
         Ok(secret) => routes_for_secret(

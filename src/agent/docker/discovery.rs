@@ -1,9 +1,16 @@
 //! Which containers run on this host: a list on every (re)connect, then Docker events.
+//!
+//! Nothing that ran while no one watched is missed: each (re)connect lists *all*
+//! containers and announces, besides the running ones, those that exited at or after the
+//! point discovery resumes from ([`Resume`]): on the agent's first connect its restart
+//! start point, later the last moment it knew about (the list or the last event). The
+//! event stream resumes from the same point, so a reconnect after a long backoff replays
+//! what happened meanwhile. Announcements may repeat; receivers treat them as idempotent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bollard::Docker;
-use bollard::models::ContainerInspectResponse;
+use bollard::models::{ContainerInspectResponse, ContainerSummaryStateEnum, EventMessage};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -16,6 +23,10 @@ use super::{Backoff, DockerError, negotiate};
 
 /// Label cri-dockerd (and dockershim) put on pod containers: `container` or `podsandbox`.
 pub const LABEL_DOCKER_TYPE: &str = "io.kubernetes.docker.type";
+
+/// How far before the last moment it knew about discovery resumes: covers events stamped
+/// a little out of order and the agent's and dockerd's clocks reading differently.
+pub const RESUME_MARGIN_SECS: i64 = 2;
 
 /// Log drivers whose logs dockerd can give back through the API.
 const READABLE_LOG_DRIVERS: &[&str] = &["json-file", "local", "journald"];
@@ -39,6 +50,8 @@ pub struct DockerContainer {
     pub cri_sandbox: bool,
     /// When the container was (last) started.
     pub started_at: Option<Timestamp>,
+    /// When its last run ended; `None` while it has never stopped.
+    pub finished_at: Option<Timestamp>,
     pub running: bool,
 }
 
@@ -87,6 +100,11 @@ impl DockerContainer {
                 .as_deref()
                 .and_then(|s| super::parse_timestamp(s.as_bytes()))
                 .filter(|t| t.secs > 0),
+            finished_at: state
+                .finished_at
+                .as_deref()
+                .and_then(|s| super::parse_timestamp(s.as_bytes()))
+                .filter(|t| t.secs > 0),
             running: state.running.unwrap_or(false),
         }
     }
@@ -123,24 +141,87 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<DockerContainer
     }
 }
 
-/// Announce running containers and follow Docker events until `shutdown` (or until the
-/// receiver is dropped). On every (re)connect all running containers are announced
-/// again; connection failures are retried with backoff and counted in
-/// `docker_reconnects`.
+/// Where discovery resumes after a (re)connect: up to `seen_until` every container that
+/// started or exited was announced (by a list, or by an event handled). Pure, for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    seen_until: Timestamp,
+}
+
+impl Resume {
+    /// Before the first connect: everything since `floor` (the agent's restart start
+    /// point) is to be announced.
+    pub fn new(floor: Timestamp) -> Self {
+        Self { seen_until: floor }
+    }
+
+    /// Where the next session subscribes to events from, and the oldest exit it announces.
+    pub fn since(&self) -> Timestamp {
+        Timestamp {
+            secs: self
+                .seen_until
+                .secs
+                .saturating_sub(RESUME_MARGIN_SECS)
+                .max(0),
+            nanos: if self.seen_until.secs >= RESUME_MARGIN_SECS {
+                self.seen_until.nanos
+            } else {
+                0
+            },
+        }
+    }
+
+    /// A list requested at `at` (before the request) was announced in full.
+    pub fn listed(&mut self, at: Timestamp) {
+        self.seen_until = self.seen_until.max(at);
+    }
+
+    /// An event stamped `at` was handled.
+    pub fn event(&mut self, at: Timestamp) {
+        self.seen_until = self.seen_until.max(at);
+    }
+}
+
+/// Whether a listed container is announced: running ones always, stopped ones when they
+/// exited at or after `since` (earlier exits were seen by whoever watched then).
+pub fn announce_listed(c: &DockerContainer, since: Timestamp) -> bool {
+    c.running || c.finished_at.is_some_and(|f| f >= since)
+}
+
+/// When Docker says the event happened.
+pub fn event_time(event: &EventMessage) -> Option<Timestamp> {
+    if let Some(n) = event.time_nano.filter(|n| *n > 0) {
+        return Some(Timestamp {
+            secs: n.div_euclid(1_000_000_000),
+            nanos: u32::try_from(n.rem_euclid(1_000_000_000)).unwrap_or(0),
+        });
+    }
+    event
+        .time
+        .filter(|t| *t > 0)
+        .map(|secs| Timestamp { secs, nanos: 0 })
+}
+
+/// Announce running containers, and those that exited at or after `floor`, then follow
+/// Docker events until `shutdown` (or until the receiver is dropped). Every (re)connect
+/// lists again and resumes events where the last session's knowledge ended; connection
+/// failures are retried with backoff and counted in `docker_reconnects`.
 pub async fn watch_containers(
     docker: Docker,
     tx: mpsc::Sender<ContainerEvent>,
     metrics: AgentMetrics,
     shutdown: CancellationToken,
+    floor: Timestamp,
 ) {
     let mut backoff = Backoff::new();
+    let mut resume = Resume::new(floor);
     let mut failed = false;
     loop {
         if failed {
             metrics.docker_reconnects.inc();
         }
         let mut listed = false;
-        match session(&docker, &tx, &shutdown, &mut listed).await {
+        match session(&docker, &tx, &shutdown, &mut resume, &mut listed).await {
             Ok(()) => return,
             Err(e) => {
                 if shutdown.is_cancelled() {
@@ -160,17 +241,19 @@ pub async fn watch_containers(
 }
 
 /// One connection's worth of discovery. `Ok` means stop for good (shutdown or receiver
-/// gone); `listed` tells whether it got as far as announcing the running containers.
+/// gone); `listed` tells whether it got as far as announcing the listed containers.
 async fn session(
     docker: &Docker,
     tx: &mpsc::Sender<ContainerEvent>,
     shutdown: &CancellationToken,
+    resume: &mut Resume,
     listed: &mut bool,
 ) -> Result<(), DockerError> {
     negotiate(docker).await?;
-    // Subscribe from a little before the list, so that a container started in between is
-    // announced by its event; Docker replays events since then.
-    let now = chrono::Utc::now() - chrono::Duration::seconds(2);
+    // Subscribe before listing, from where the last session's knowledge ends, so that
+    // whatever happens before, during or after the list is seen; Docker replays events
+    // since then.
+    let since = resume.since();
     let filters = HashMap::from([
         ("type".to_string(), vec!["container".to_string()]),
         (
@@ -183,17 +266,14 @@ async fn session(
         ),
     ]);
     let mut events = docker.events(Some(EventsOptions {
-        since: Some(format!(
-            "{}.{:09}",
-            now.timestamp(),
-            now.timestamp_subsec_nanos()
-        )),
+        since: Some(since.to_docker_since()),
         until: None,
         filters: Some(filters),
     }));
-    let running = docker
+    let listed_at = Timestamp::now();
+    let all = docker
         .list_containers(Some(ListContainersOptions {
-            all: false,
+            all: true,
             ..Default::default()
         }))
         .await
@@ -202,12 +282,26 @@ async fn session(
             container: None,
             source,
         })?;
-    for summary in running {
+    // Containers this list announced: a replayed start event from before the list adds
+    // nothing about them.
+    let mut announced = HashSet::new();
+    for summary in all {
         let Some(id) = summary.id else { continue };
-        if !announce(docker, &id, tx).await? {
+        if summary.state == Some(ContainerSummaryStateEnum::CREATED) {
+            continue; // never started: no log
+        }
+        let Some(container) = inspect(docker, &id).await? else {
+            continue;
+        };
+        if !announce_listed(&container, since) {
+            continue;
+        }
+        announced.insert(id);
+        if !send_running(container, tx).await {
             return Ok(());
         }
     }
+    resume.listed(listed_at);
     *listed = true;
     loop {
         let event = tokio::select! {
@@ -225,10 +319,12 @@ async fn session(
             }
             Some(Ok(event)) => event,
         };
+        let at = event_time(&event);
         let Some(id) = event.actor.and_then(|a| a.id) else {
             continue;
         };
         let sent = match event.action.as_deref() {
+            Some("start") if announced.contains(&id) && at.is_some_and(|t| t < listed_at) => true,
             Some("start") => announce(docker, &id, tx).await?,
             Some("die") => tx.send(ContainerEvent::Stopped { id }).await.is_ok(),
             Some("destroy") => tx.send(ContainerEvent::Removed { id }).await.is_ok(),
@@ -236,6 +332,9 @@ async fn session(
         };
         if !sent {
             return Ok(());
+        }
+        if let Some(at) = at {
+            resume.event(at);
         }
     }
 }
@@ -246,9 +345,14 @@ async fn announce(
     id: &str,
     tx: &mpsc::Sender<ContainerEvent>,
 ) -> Result<bool, DockerError> {
-    let Some(container) = inspect(docker, id).await? else {
-        return Ok(true);
-    };
+    match inspect(docker, id).await? {
+        Some(container) => Ok(send_running(container, tx).await),
+        None => Ok(true),
+    }
+}
+
+/// Announce an inspected container; false when the receiver is gone.
+async fn send_running(container: DockerContainer, tx: &mpsc::Sender<ContainerEvent>) -> bool {
     if !container.logs_readable() {
         tracing::warn!(
             container = %container.display(),
@@ -256,5 +360,81 @@ async fn announce(
             "container's log driver cannot be read through the Docker API; its logs will not be forwarded (use json-file, local or journald)"
         );
     }
-    Ok(tx.send(ContainerEvent::Running(container)).await.is_ok())
+    tx.send(ContainerEvent::Running(container)).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64, nanos: u32) -> Timestamp {
+        Timestamp { secs, nanos }
+    }
+
+    #[test]
+    fn a_reconnect_resumes_from_the_last_thing_seen_not_from_now() {
+        let mut r = Resume::new(ts(1_000, 5));
+        assert_eq!(
+            r.since(),
+            ts(998, 5),
+            "first connect: the agent's floor, less the margin"
+        );
+        r.listed(ts(2_000, 0));
+        r.event(ts(2_010, 7));
+        // A replayed event from before does not move the point back.
+        r.event(ts(1_500, 0));
+        assert_eq!(r.since(), ts(2_008, 7));
+        // However long the backoff before the next connect, nothing moves until a list
+        // or an event was handled: the gap is replayed.
+        assert_eq!(r.since(), ts(2_008, 7));
+        r.listed(ts(2_100, 0));
+        assert_eq!(r.since(), ts(2_098, 0));
+    }
+
+    #[test]
+    fn a_floor_at_the_epoch_is_never_negative() {
+        assert_eq!(Resume::new(ts(0, 0)).since(), ts(0, 0));
+        assert_eq!(Resume::new(ts(1, 500)).since(), ts(0, 0));
+    }
+
+    #[test]
+    fn stopped_containers_are_announced_when_they_exited_since_the_resume_point() {
+        let since = ts(1_000, 0);
+        let c = |running, finished: Option<Timestamp>| DockerContainer {
+            running,
+            finished_at: finished,
+            ..DockerContainer::default()
+        };
+        assert!(announce_listed(&c(true, None), since));
+        assert!(
+            announce_listed(&c(true, Some(ts(10, 0))), since),
+            "restarted"
+        );
+        assert!(announce_listed(&c(false, Some(ts(1_000, 0))), since));
+        assert!(announce_listed(&c(false, Some(ts(5_000, 0))), since));
+        assert!(!announce_listed(
+            &c(false, Some(ts(999, 999_999_999))),
+            since
+        ));
+        assert!(
+            !announce_listed(&c(false, None), since),
+            "never ran to an end"
+        );
+    }
+
+    #[test]
+    fn event_time_prefers_nanoseconds() {
+        let e = EventMessage {
+            time: Some(1_700_000_000),
+            time_nano: Some(1_700_000_000_123_456_789),
+            ..EventMessage::default()
+        };
+        assert_eq!(event_time(&e), Some(ts(1_700_000_000, 123_456_789)));
+        let e = EventMessage {
+            time: Some(1_700_000_000),
+            ..EventMessage::default()
+        };
+        assert_eq!(event_time(&e), Some(ts(1_700_000_000, 0)));
+        assert_eq!(event_time(&EventMessage::default()), None);
+    }
 }

@@ -18,7 +18,7 @@ use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, ResumeFilter, STREAM_SKEW_SECS, StreamCursor};
-pub use discovery::{ContainerEvent, DockerContainer, inspect, watch_containers};
+pub use discovery::{ContainerEvent, DockerContainer, announce_listed, inspect, watch_containers};
 pub use lines::{Frame, LineAssembler, LogLine, Pushed, parse_timestamp, split_frame};
 pub use reader::{ReadOptions, follow};
 
