@@ -696,3 +696,43 @@ async fn tty_lines_arrive_once_in_order_and_a_resumed_read_yields_exactly_the_re
         }
     }
 }
+
+/// A TTY line that never ends (`yes | tr -d '\n'`, the case that once forwarded
+/// nothing at all): its first `max_line_bytes` arrive, flagged and counted, while the
+/// container is still writing it.
+#[tokio::test]
+async fn a_tty_line_that_never_ends_is_forwarded_cut_while_it_is_written() {
+    let Some(docker) = support::docker::docker().await else {
+        return;
+    };
+    let c = TestContainer::run(&docker, Spec::sh("yes | tr -d '\\n'").tty()).await;
+    let info = c.info().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let m = metrics();
+    let task = {
+        let (docker, shutdown, m) = (docker.clone(), shutdown.clone(), m.clone());
+        tokio::spawn(async move {
+            follow(&docker, &info, None, &direct(100_000), &tx, &m, &shutdown).await
+        })
+    };
+    let batch: Vec<LogLine> = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a cut line within 60 s")
+        .expect("follow ended early");
+    let expected = "y".repeat(100_000);
+    assert_eq!(batch.len(), 1, "one cut line, then nothing until a newline");
+    assert!(batch[0].truncated && batch[0].message == expected);
+    assert_eq!(m.lines_truncated.get(), 1);
+    assert!(
+        c.info().await.running,
+        "the container is still writing its line"
+    );
+    shutdown.cancel();
+    let cursor = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("follow ends promptly on shutdown")
+        .expect("follow task")
+        .expect("follow result");
+    assert_eq!(cursor, batch[0].cursor);
+}
