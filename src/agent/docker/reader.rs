@@ -45,7 +45,8 @@ pub struct ReadOptions {
     /// Docker's unix socket: when set, logs are read from it directly (see `raw_logs`)
     /// rather than through bollard. The agent always sets it for a unix endpoint: without
     /// it, bollard holds a TTY container's line whole until its newline, and memory is
-    /// not bounded by `max_line_bytes`.
+    /// not bounded by `max_line_bytes`. (Over `tcp://`, bollard passes TTY output on as
+    /// it arrives.)
     pub unix_socket: Option<PathBuf>,
 }
 
