@@ -599,3 +599,141 @@ async fn the_direct_socket_reader_yields_what_bollard_yields() {
         "expected the container to be gone, got {r:?}"
     );
 }
+
+/// What the agent reads with: Docker's unix socket, directly.
+fn direct(max_line_bytes: usize) -> ReadOptions {
+    ReadOptions {
+        max_line_bytes,
+        unix_socket: Some("/var/run/docker.sock".into()),
+        ..Default::default()
+    }
+}
+
+/// A TTY container's lines, short and long (three 16 KiB entries each), arrive once and
+/// in order, through the socket reader as through bollard; with a limit, the long ones
+/// are cut and counted; and a read resumed from any line's cursor, also from a cut
+/// line's, yields exactly the rest of the log.
+#[tokio::test]
+async fn tty_lines_arrive_once_in_order_and_a_resumed_read_yields_exactly_the_rest() {
+    let Some(docker) = support::docker::docker().await else {
+        return;
+    };
+    let script = "i=1; while [ $i -le 300 ]; do echo \"line $i\"; \
+                  if [ $((i % 60)) -eq 0 ]; then head -c 40000 /dev/zero | tr '\\0' L; echo \" $i\"; fi; \
+                  i=$((i+1)); done; printf 'no newline'";
+    let c = TestContainer::run(&docker, Spec::sh(script).tty()).await;
+    c.wait_exit(Duration::from_secs(60)).await;
+    let long = "L".repeat(40000);
+    let mut expected = Vec::new();
+    for i in 1..=300 {
+        expected.push(format!("line {i}"));
+        if i % 60 == 0 {
+            expected.push(format!("{long} {i}"));
+        }
+    }
+    expected.push("no newline".into());
+
+    let m = metrics();
+    let (all, end) = read_all(&docker, &c, None, direct(1 << 20), &m, Duration::ZERO).await;
+    assert_eq!(stream_messages(&all, StreamName::Stdout), expected);
+    assert!(
+        all.iter()
+            .all(|l| l.stream == StreamName::Stdout && !l.truncated)
+    );
+    assert_eq!(end, all[all.len() - 1].cursor);
+    let (via_bollard, _) = read_all(
+        &docker,
+        &c,
+        None,
+        ReadOptions::default(),
+        &m,
+        Duration::ZERO,
+    )
+    .await;
+    assert!(via_bollard == all, "bollard and the socket reader differ");
+    assert_eq!(m.lines_truncated.get(), 0);
+
+    let (cut, cut_end) = read_all(&docker, &c, None, direct(30000), &m, Duration::ZERO).await;
+    let shape: Vec<(usize, bool)> = cut.iter().map(|l| (l.message.len(), l.truncated)).collect();
+    let expected_shape: Vec<(usize, bool)> = expected
+        .iter()
+        .map(|e| (e.len().min(30000), e.len() > 30000))
+        .collect();
+    assert_eq!(shape, expected_shape, "line lengths with a 30000 limit");
+    assert_eq!(m.lines_truncated.get(), 5);
+
+    let key = |l: &LogLine| (l.message.clone(), l.timestamp, l.truncated);
+    for (lines, limit, end) in [(&all, 1 << 20, end), (&cut, 30000, cut_end)] {
+        let mut points: Vec<usize> = (0..lines.len()).step_by(53).collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.message.len() > 1000 {
+                points.extend([i - 1, i, i + 1]);
+            }
+        }
+        points.push(lines.len() - 1);
+        for k in points {
+            let (rest, cursor) = read_all(
+                &docker,
+                &c,
+                Some(lines[k].cursor),
+                direct(limit),
+                &m,
+                Duration::ZERO,
+            )
+            .await;
+            let expected: Vec<_> = lines[k + 1..].iter().map(key).collect();
+            let got: Vec<_> = rest.iter().map(key).collect();
+            assert_eq!(
+                got.len(),
+                expected.len(),
+                "number of lines after line {k} ({:.20?}, limit {limit})",
+                lines[k].message
+            );
+            assert!(
+                got == expected,
+                "lines after line {k} differ from the full read (limit {limit})"
+            );
+            assert_eq!(cursor, end, "cursor after resuming from line {k}");
+        }
+    }
+}
+
+/// A TTY line that never ends (`yes | tr -d '\n'`, the case that once forwarded
+/// nothing at all): its first `max_line_bytes` arrive, flagged and counted, while the
+/// container is still writing it.
+#[tokio::test]
+async fn a_tty_line_that_never_ends_is_forwarded_cut_while_it_is_written() {
+    let Some(docker) = support::docker::docker().await else {
+        return;
+    };
+    let c = TestContainer::run(&docker, Spec::sh("yes | tr -d '\\n'").tty()).await;
+    let info = c.info().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let m = metrics();
+    let task = {
+        let (docker, shutdown, m) = (docker.clone(), shutdown.clone(), m.clone());
+        tokio::spawn(async move {
+            follow(&docker, &info, None, &direct(100_000), &tx, &m, &shutdown).await
+        })
+    };
+    let batch: Vec<LogLine> = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a cut line within 60 s")
+        .expect("follow ended early");
+    let expected = "y".repeat(100_000);
+    assert_eq!(batch.len(), 1, "one cut line, then nothing until a newline");
+    assert!(batch[0].truncated && batch[0].message == expected);
+    assert_eq!(m.lines_truncated.get(), 1);
+    assert!(
+        c.info().await.running,
+        "the container is still writing its line"
+    );
+    shutdown.cancel();
+    let cursor = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("follow ends promptly on shutdown")
+        .expect("follow task")
+        .expect("follow result");
+    assert_eq!(cursor, batch[0].cursor);
+}

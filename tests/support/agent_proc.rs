@@ -218,6 +218,11 @@ impl AgentProc {
         }
     }
 
+    /// The process id of the running agent (e.g. to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child

@@ -24,7 +24,9 @@ use crate::record::Timestamp;
 pub const STREAM_SKEW_SECS: i64 = 2;
 
 /// Position in one stream: frames stamped before `timestamp` and the first `seen` frames
-/// stamped exactly `timestamp` have been consumed.
+/// stamped exactly `timestamp` have been consumed. `seen == u32::MAX` is the position of
+/// a line cut at `--max-line-bytes` before its end: every frame stamped `timestamp` (the
+/// rest of that line, whose pieces all carry its first piece's time) counts as consumed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "RawStreamCursor", into = "RawStreamCursor")]
 pub struct StreamCursor {

@@ -11,6 +11,8 @@ mod discovery;
 mod lines;
 mod raw_logs;
 mod reader;
+mod timestamp;
+mod tty;
 
 use std::time::Duration;
 
@@ -19,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, ResumeFilter, STREAM_SKEW_SECS, StreamCursor};
 pub use discovery::{ContainerEvent, DockerContainer, announce_listed, inspect, watch_containers};
-pub use lines::{Frame, LineAssembler, LogLine, Pushed, parse_timestamp, split_frame};
+pub use lines::{Frame, LineAssembler, LogLine, Pushed};
 pub use reader::{ReadOptions, follow};
+pub use timestamp::{parse_timestamp, split_frame};
 
 /// Seconds before a request that is not a stream gives up.
 const REQUEST_TIMEOUT_SECS: u64 = 60;

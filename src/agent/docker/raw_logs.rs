@@ -7,10 +7,13 @@
 //! HTTP/1.0, dockerd sends the multiplexed stream unchunked until it closes the
 //! connection, so one task can read it in large pieces and cut frames out of its buffer.
 //!
-//! Only the multiplexed form (non-TTY containers) is read here; TTY containers and TCP
-//! endpoints go through bollard. Items are bollard's, so the caller cannot tell the two
-//! apart: `LogOutput` frames (sharing one buffer, no copy), errors as bollard reports
-//! them (`DockerResponseServerError` with dockerd's status and message, `IOError`,
+//! A TTY container's log is not multiplexed: it is handed over as `LogOutput::Console`
+//! pieces of whatever size the socket gave, for the line assembler's TTY decoder to cut
+//! into entries. (Through bollard, on a unix socket, such a stream comes one `\n` at a
+//! time, so a line that never ends is held whole; here nothing is held.) TCP endpoints
+//! go through bollard. Items are bollard's, so the caller cannot tell the two apart:
+//! `LogOutput` frames (sharing one buffer, no copy), errors as bollard reports them
+//! (`DockerResponseServerError` with dockerd's status and message, `IOError`,
 //! `RequestTimeoutError`).
 
 use std::path::PathBuf;
@@ -33,11 +36,17 @@ const READ_SIZE: usize = 256 * 1024;
 /// not a frame header.
 const MAX_FRAME: usize = 1 << 20;
 
-/// The log stream of `path` (`/v1.41/containers/ID/logs?...`) on the socket.
-pub fn logs(socket: PathBuf, path: String) -> impl Stream<Item = Result<LogOutput, Error>> {
+/// The log stream of `path` (`/v1.41/containers/ID/logs?...`) on the socket; `tty` when
+/// the container has a TTY (its stream is not multiplexed).
+pub fn logs(
+    socket: PathBuf,
+    path: String,
+    tty: bool,
+) -> impl Stream<Item = Result<LogOutput, Error>> {
     let state = RawLogs {
         socket,
         path,
+        tty,
         conn: None,
         buf: BytesMut::new(),
         done: false,
@@ -51,6 +60,7 @@ pub fn logs(socket: PathBuf, path: String) -> impl Stream<Item = Result<LogOutpu
 struct RawLogs {
     socket: PathBuf,
     path: String,
+    tty: bool,
     conn: Option<UnixStream>,
     buf: BytesMut,
     /// The stream ended or failed: nothing more comes.
@@ -100,8 +110,13 @@ impl RawLogs {
         }
     }
 
-    /// The next whole frame in the buffer.
+    /// The next whole frame in the buffer (for a TTY, all of it).
     fn frame(&mut self) -> Option<LogOutput> {
+        if self.tty {
+            return (!self.buf.is_empty()).then(|| LogOutput::Console {
+                message: self.buf.split().freeze(),
+            });
+        }
         let h: [u8; 8] = self.buf.get(..8)?.try_into().ok()?;
         let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
         if h[0] > 2 || h[1..4] != [0, 0, 0] || len > MAX_FRAME {

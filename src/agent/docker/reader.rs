@@ -42,8 +42,11 @@ pub struct ReadOptions {
     /// downstream would cost a task wake-up and a sink write of its own. Bounds the
     /// latency it adds.
     pub linger: Duration,
-    /// Docker's unix socket: when set, logs of non-TTY containers are read from it
-    /// directly (see `raw_logs`) rather than through bollard.
+    /// Docker's unix socket: when set, logs are read from it directly (see `raw_logs`)
+    /// rather than through bollard. The agent always sets it for a unix endpoint: without
+    /// it, bollard holds a TTY container's line whole until its newline, and memory is
+    /// not bounded by `max_line_bytes`. (Over `tcp://`, bollard passes TTY output on as
+    /// it arrives.)
     pub unix_socket: Option<PathBuf>,
 }
 
@@ -198,7 +201,7 @@ impl Reader<'_> {
             tail: "all".to_string(),
         };
         let stream = match &self.opts.unix_socket {
-            Some(socket) if !self.container.tty => {
+            Some(socket) => {
                 let path = format!(
                     "/v{}/containers/{}/logs?stdout=1&stderr=1&timestamps=1&tail=all&follow={}&since={}",
                     self.docker.client_version(),
@@ -206,7 +209,11 @@ impl Reader<'_> {
                     u8::from(options.follow),
                     options.since,
                 );
-                Either::Left(super::raw_logs::logs(socket.clone(), path))
+                Either::Left(super::raw_logs::logs(
+                    socket.clone(),
+                    path,
+                    self.container.tty,
+                ))
             }
             _ => Either::Right(self.docker.logs(&self.container.id, Some(options))),
         };
