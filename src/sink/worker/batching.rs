@@ -136,8 +136,7 @@ pub(super) async fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::checkpoint::Checkpoints;
-    use crate::agent::checkpoint::LaneCheckpoint;
+    use crate::agent::checkpoint::{Checkpoints, LaneCheckpoint};
     use crate::agent::docker::Cursor;
     use crate::record::{ContainerInfo, Timestamp};
     use crate::sink::worker::Position;
