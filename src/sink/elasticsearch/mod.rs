@@ -1,15 +1,15 @@
 //! Elasticsearch sink: `_bulk` delivery with per-item handling.
 //!
-//! Batching: the sink worker gathers records for this sink as [`ElasticsearchSink::batching`]
-//! says: a send holds up to `maxConcurrency` requests' worth of records (`maxEvents`
-//! documents, `maxBytes` bytes each, weighed with [`ElasticsearchSink::weigh`]); once it
-//! holds one full request it goes as soon as the queue has nothing more ready, and a
-//! smaller one waits up to `batch.timeoutMs` for more.
+//! Batching: the sink worker gathers records for this sink as
+//! [`ElasticsearchSink::batching`] says: a send holds up to `maxConcurrency` requests'
+//! worth of records (`maxEvents` documents, `maxBytes` bytes each, weighed with
+//! [`ElasticsearchSink::weigh`]); once it holds one full request it goes as soon as the
+//! queue has nothing more ready, and a smaller one waits up to `batch.timeoutMs` for more.
 //!
 //! One [`ElasticsearchSink::send`] resolves a whole batch: it encodes the records once
 //! ([`encode`]), cuts them into bulk requests of at most `maxEvents` documents and
-//! `maxBytes` bytes (exactly, on the encoded bodies), runs up to `maxConcurrency` requests at once, reads every per-item
-//! result and decides with [`retry::classify`] what to do with each document. Transient
+//! `maxBytes` bytes (exactly, on the encoded bodies), runs up to `maxConcurrency`
+//! requests at once, reads every per-item result and decides with [`retry::classify`] what to do with each document. Transient
 //! failures (429/5xx/timeouts/connection errors, whole or per item) are retried inside the
 //! send with exponential backoff and jitter, up to [`RetryPolicy::max_retries`] times per
 //! request; whole-request failures move to the next endpoint. Only what no retry inside
