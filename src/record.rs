@@ -42,6 +42,22 @@ impl Timestamp {
     }
 }
 
+/// Where a record ends in its container's log, on its own stream: the timestamp of its
+/// last line and how many frames stamped exactly that had been read through it.
+///
+/// Reading the same log again (a resend, an agent restart from a checkpoint, a catch-up)
+/// gives a record the same position, and no two records of one stream share one, even
+/// when their timestamps and messages are equal. That makes it the identity of a record
+/// for sinks that deduplicate (Elasticsearch document ids). Built by the sink worker from
+/// the lane's cursor (see `sink::worker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPosition {
+    pub timestamp: Timestamp,
+    /// Frames stamped `timestamp` on the record's stream, counted from the first one
+    /// through the record's last one (so at least 1 for a record read from Docker).
+    pub seen: u32,
+}
+
 /// The pod a container belongs to, joined from the cri-dockerd labels and the pod cache.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {

@@ -8,14 +8,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logroute::agent::checkpoint::{Checkpoints, LaneCheckpoint};
+use logroute::agent::docker::Cursor;
 use logroute::api::StreamName;
 use logroute::metrics::AgentMetrics;
-use logroute::record::{ContainerInfo, PodInfo, Record, Timestamp};
+use logroute::record::{ContainerInfo, LogPosition, PodInfo, Record, Timestamp};
+use logroute::route::document::{CompiledSink, SinkConfig};
 use logroute::route::document::{
     Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials, IndexTarget,
     TlsSettings,
 };
 use logroute::sink::elasticsearch::{ElasticsearchSink, RetryPolicy};
+use logroute::sink::worker::{self, Position, Queued};
 use logroute::sink::{Credentials, SendFailure, SinkContext};
 use serde_json::{Value, json};
 use support::bulk::{BulkServer, FieldType};
@@ -126,6 +130,25 @@ fn lines(c: &Arc<ContainerInfo>, n: u32, tag: &str) -> Vec<Arc<Record>> {
         .collect()
 }
 
+/// Positions as Docker's reader gives them to these records read in this order from one
+/// log: per (container, stream, timestamp), the frames at that timestamp so far.
+fn read_positions(batch: &[Arc<Record>]) -> Vec<LogPosition> {
+    let mut seen: HashMap<(String, StreamName, Timestamp), u32> = HashMap::new();
+    batch
+        .iter()
+        .map(|r| {
+            let n = seen
+                .entry((r.container.id.clone(), r.stream, r.timestamp))
+                .or_insert(0);
+            *n += 1;
+            LogPosition {
+                timestamp: r.timestamp,
+                seen: *n,
+            }
+        })
+        .collect()
+}
+
 fn es_documents(m: &AgentMetrics, result: &str) -> u64 {
     m.es_documents
         .with_label_values(&[ROUTE, SINK, result])
@@ -199,7 +222,7 @@ async fn every_record_is_indexed_once_with_its_ecs_fields() {
     cfg.max_concurrency = 3;
     let (mut sink, metrics) = sink(cfg, Credentials::new());
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     os.refresh().await;
     assert_eq!(os.count("logs-*").await, 602);
     assert_eq!(os.count("logs-payments-2024.03.01").await, 402);
@@ -248,10 +271,65 @@ async fn every_record_is_indexed_once_with_its_ecs_fields() {
     );
 
     // Sending the same batch again (what the agent does after a failed send) adds nothing.
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     os.refresh().await;
     assert_eq!(os.count("logs-*").await, 602);
     assert_eq!(es_documents(&metrics, "duplicate"), 602);
+}
+
+/// Runs of identical lines with one timestamp, as a busy or chatty container writes them
+/// (journald-style coarse clocks make these common): `runs` × `per_run` records.
+fn identical_runs(c: &Arc<ContainerInfo>, runs: u32, per_run: u32) -> Vec<Arc<Record>> {
+    (0..runs)
+        .flat_map(|run| (0..per_run).map(move |_| run))
+        .map(|run| {
+            Arc::new(Record {
+                container: c.clone(),
+                stream: StreamName::Stdout,
+                timestamp: Timestamp {
+                    secs: T0,
+                    nanos: run * 1000,
+                },
+                message: format!("repeated {run}"),
+                truncated: false,
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn records_read_again_are_the_same_documents_and_identical_lines_are_not_collapsed() {
+    let Some(os) = Osmem::start().await else {
+        return;
+    };
+    let c = pod_container("r1", "api-5d8f-r1", &[]);
+    let batch = identical_runs(&c, 50, 4);
+    let positions = read_positions(&batch);
+    let (mut sink, metrics) = sink(config(&[&os.url], "logs-resend"), Credentials::new());
+
+    // Split where a failed send could leave it: the second send starts in a run.
+    expect_ok(sink.send(&batch[..102], &positions[..102]).await);
+    expect_ok(sink.send(&batch[102..], &positions[102..]).await);
+    os.refresh().await;
+    assert_eq!(
+        os.count("logs-resend").await,
+        200,
+        "every one of 4 identical lines per timestamp is a document"
+    );
+    // The rest of a batch resent after a partial failure, and an agent restarted from an
+    // older checkpoint reading the first half again: the same positions, no new document.
+    expect_ok(sink.send(&batch[150..], &positions[150..]).await);
+    expect_ok(sink.send(&batch[..100], &positions[..100]).await);
+    os.refresh().await;
+    assert_eq!(os.count("logs-resend").await, 200);
+    assert_eq!(es_documents(&metrics, "created"), 200);
+    assert_eq!(es_documents(&metrics, "duplicate"), 150);
+    let hits = os.search_all("logs-resend").await;
+    let counts = message_counts(hits.iter().map(|h| &h["_source"]));
+    assert!(
+        counts.len() == 50 && counts.values().all(|n| *n == 4),
+        "each message 4 times, got {counts:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +347,7 @@ async fn a_mapping_error_rejects_that_document_only_gzip_on() {
     cfg.compression = Compression::Gzip;
     let (mut sink, metrics) = sink(cfg, Credentials::new());
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     os.refresh().await;
     let hits = os.search_all("logs-typed").await;
     assert_each_once(
@@ -317,7 +395,7 @@ async fn wrong_then_right(
     cfg.endpoints = vec![proxy.url.clone()];
     let (mut bad, metrics) = sink(cfg.clone(), wrong);
     let failure = bad
-        .send(&batch)
+        .send(&batch, &read_positions(&batch))
         .await
         .expect_err("wrong credentials must fail the send");
     let message = failure.error.to_string();
@@ -338,7 +416,7 @@ async fn wrong_then_right(
     assert_eq!(send_errors(&metrics, "auth"), 1);
 
     let (mut good, _) = sink(cfg, right);
-    expect_ok(good.send(&batch).await);
+    expect_ok(good.send(&batch, &read_positions(&batch)).await);
     os.refresh().await;
     let hits = os.search_all("logs-secure").await;
     assert_each_once(&message_counts(hits.iter().map(|h| &h["_source"])), &batch);
@@ -435,7 +513,7 @@ async fn tls_client_certificate_and_server_verification() {
     ]
     .into();
     let (mut good, _) = sink(cfg.clone(), creds.clone());
-    expect_ok(good.send(&batch).await);
+    expect_ok(good.send(&batch, &read_positions(&batch)).await);
     os.refresh().await;
     assert_eq!(os.count("logs-secure").await, 10);
 
@@ -447,7 +525,7 @@ async fn tls_client_certificate_and_server_verification() {
     });
     let (mut s, _) = sink(untrusted, creds.clone());
     let failure = s
-        .send(&batch)
+        .send(&batch, &read_positions(&batch))
         .await
         .expect_err("an unknown CA must fail the handshake");
     assert_eq!(failure.error.reason(), "unavailable", "{}", failure.error);
@@ -465,7 +543,7 @@ async fn tls_client_certificate_and_server_verification() {
         ..settings
     });
     let (mut s, _) = sink(skip, creds);
-    expect_ok(s.send(&batch).await);
+    expect_ok(s.send(&batch, &read_positions(&batch)).await);
 }
 
 // ---------------------------------------------------------------- fault-injecting server
@@ -486,7 +564,7 @@ async fn per_item_429_resends_only_those_items() {
     let batch = lines(&pod_container("e1", "api-1", &[]), 30, "item");
     let (mut sink, metrics) = sink(config(&[&server.url()], "logs-fault"), Credentials::new());
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     let requests = server.requests();
     let sizes: Vec<usize> = requests.iter().map(|r| r.documents).collect();
     assert_eq!(
@@ -521,6 +599,47 @@ async fn per_item_429_resends_only_those_items() {
 }
 
 #[tokio::test]
+async fn identical_lines_with_one_timestamp_survive_a_partial_429_and_the_resend() {
+    let server = BulkServer::start().await;
+    // Four identical lines stamped with the same nanosecond, in requests of two.
+    let batch = identical_runs(&pod_container("o1", "api-1", &[]), 1, 4);
+    let positions = read_positions(&batch);
+    let mut cfg = config(&[&server.url()], "logs-fault");
+    cfg.max_events = 2;
+    cfg.max_concurrency = 1;
+    let (mut sink, metrics) = sink(cfg, Credentials::new());
+    // The first request goes through; in the second, the first item is answered 429 on
+    // every attempt, so the send gives up after its retries.
+    server.fail_items_after(1, 429, 2, 1 + fast_retries().max_retries as usize);
+
+    let failure = sink
+        .send(&batch, &positions)
+        .await
+        .expect_err("the third line is refused through every retry");
+    assert_eq!(
+        (failure.accepted, failure.error.reason()),
+        (2, "unavailable")
+    );
+    assert_eq!(server.docs().len(), 3, "lines 1, 2 and 4 are in");
+    // What the sink worker does next: send the rest again after a backoff.
+    expect_ok(sink.send(&batch[2..], &positions[2..]).await);
+    let docs = server.docs();
+    assert_eq!(
+        docs.len(),
+        4,
+        "the resent third line must be a new document, not a duplicate of the first: {:?}",
+        docs.iter().map(|d| &d.id).collect::<Vec<_>>()
+    );
+    assert_each_once(&stored_once(&server), &batch);
+    assert_eq!(es_documents(&metrics, "created"), 4);
+    assert_eq!(
+        es_documents(&metrics, "duplicate"),
+        1,
+        "only the fourth line, stored by the first send, is resent"
+    );
+}
+
+#[tokio::test]
 async fn whole_request_429_and_503_are_retried_with_backoff() {
     let server = BulkServer::start().await;
     server.fail_next(&[429, 503]);
@@ -532,7 +651,7 @@ async fn whole_request_429_and_503_are_retried_with_backoff() {
         max_retries: 3,
     });
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     let requests = server.requests();
     let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![429, 503, 200]);
@@ -568,7 +687,7 @@ async fn a_mapping_error_is_counted_and_not_retried() {
     batch.push(record(&bad, 3, "bad".into()));
     let (mut sink, metrics) = sink(config(&[&server.url()], "logs-fault"), Credentials::new());
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     assert_eq!(
         server.requests().len(),
         1,
@@ -597,7 +716,7 @@ async fn an_oversized_request_is_split() {
     batch.push(record(&c, 99, "x".repeat(10 * 1024)));
     let (mut sink, metrics) = sink(config(&[&server.url()], "logs-fault"), Credentials::new());
 
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     let requests = server.requests();
     assert_eq!(requests[0].status, 413, "{requests:?}");
     assert_eq!(requests[0].documents, 41, "{requests:?}");
@@ -626,7 +745,7 @@ async fn a_slow_server_sees_at_most_max_concurrency_requests() {
     let (mut sink, _) = sink(cfg, Credentials::new());
 
     let started = Instant::now();
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     assert_eq!(server.requests().len(), 10);
     assert_eq!(server.max_in_flight(), 3, "requests in flight at once");
     assert!(
@@ -644,7 +763,7 @@ async fn gzip_bodies_are_compressed() {
     let mut cfg = config(&[&server.url()], "logs-fault");
     cfg.compression = Compression::Gzip;
     let (mut sink, _) = sink(cfg, Credentials::new());
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     let requests = server.requests();
     assert!(
         !requests.is_empty() && requests.iter().all(|r| r.gzip),
@@ -665,7 +784,7 @@ async fn a_dead_endpoint_fails_over_to_the_next() {
         config(&[&dead, &server.url()], "logs-fault"),
         Credentials::new(),
     );
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     assert_eq!(send_errors(&metrics, "transport"), 1);
     assert_each_once(&stored_once(&server), &batch);
 }
@@ -682,7 +801,7 @@ async fn a_send_that_gives_up_reports_the_accepted_prefix_and_a_resend_duplicate
     let (mut sink, metrics) = sink(cfg, Credentials::new());
 
     let failure = sink
-        .send(&batch)
+        .send(&batch, &read_positions(&batch))
         .await
         .expect_err("the second request must give up");
     assert_eq!(failure.accepted, 5);
@@ -695,7 +814,7 @@ async fn a_send_that_gives_up_reports_the_accepted_prefix_and_a_resend_duplicate
     assert_eq!(send_errors(&metrics, "unavailable"), 1);
 
     // The agent resends the whole batch: the first five answer 409 and count as delivered.
-    expect_ok(sink.send(&batch).await);
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
     assert_each_once(&stored_once(&server), &batch);
     assert_eq!(es_documents(&metrics, "duplicate"), 5);
 }
@@ -708,7 +827,10 @@ async fn wrong_credentials_on_the_fault_server_surface_as_auth() {
     let mut cfg = config(&[&server.url()], "logs-fault");
     cfg.auth = Some(ElasticsearchCredentials::ApiKey { key: key("k") });
     let (mut bad, _) = sink(cfg.clone(), [("k".to_string(), b"wrong".to_vec())].into());
-    let failure = bad.send(&batch).await.expect_err("401 must fail the send");
+    let failure = bad
+        .send(&batch, &read_positions(&batch))
+        .await
+        .expect_err("401 must fail the send");
     assert_eq!((failure.accepted, failure.error.reason()), (0, "auth"));
     assert_eq!(
         server.requests().len(),
@@ -716,7 +838,7 @@ async fn wrong_credentials_on_the_fault_server_surface_as_auth() {
         "an auth failure is not retried inside the send"
     );
     let (mut good, _) = sink(cfg, [("k".to_string(), b"right".to_vec())].into());
-    expect_ok(good.send(&batch).await);
+    expect_ok(good.send(&batch, &read_positions(&batch)).await);
     assert!(
         server
             .requests()
@@ -736,7 +858,7 @@ async fn shutdown_interrupts_a_send() {
     let token = tokio_util::sync::CancellationToken::new();
     sink.set_shutdown(token.clone());
     let send = tokio::spawn(async move {
-        sink.send(&batch)
+        sink.send(&batch, &read_positions(&batch))
             .await
             .map_err(|f| (f.accepted, f.error.reason()))
     });
@@ -756,6 +878,229 @@ async fn shutdown_interrupts_a_send() {
         .expect("send task");
     assert_eq!(result, Err((0, "shutdown")));
     assert!(cancelled.elapsed() < Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------- batching by the sink worker
+
+/// A sink worker for one Elasticsearch sink, fed as the agent's lanes feed it.
+struct Worker {
+    queue: tokio::sync::mpsc::Sender<Queued>,
+    lane: Arc<LaneCheckpoint>,
+    checkpoints: Arc<Checkpoints>,
+    metrics: AgentMetrics,
+    stop: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(cfg: ElasticsearchConfig, capacity: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let checkpoints = Checkpoints::open(dir.path())
+            .expect("open checkpoints")
+            .checkpoints;
+        let (lane, _) = checkpoints
+            .lane("c1", ROUTE, SINK, Cursor::default())
+            .expect("lane checkpoint");
+        let (ctx, metrics) = ctx(Credentials::new());
+        let (_keep, credentials) = tokio::sync::watch::channel(Arc::new(Credentials::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sink = CompiledSink {
+            name: SINK.into(),
+            config: SinkConfig::Elasticsearch(cfg),
+        };
+        let queue = worker::spawn(
+            &tokio_util::task::TaskTracker::new(),
+            &sink,
+            ctx,
+            credentials,
+            capacity,
+            stop.clone(),
+        )
+        .expect("sink worker");
+        Self {
+            queue,
+            lane,
+            checkpoints,
+            metrics,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// Queue `records` as a lane does: each with the position just past it, counted
+    /// like Docker frames (per timestamp).
+    fn entries(&self, records: &[Arc<Record>]) -> Vec<(Queued, Cursor)> {
+        let mut cursor = Cursor::default();
+        records
+            .iter()
+            .map(|r| {
+                let c = cursor.stream_mut(r.stream);
+                if c.timestamp == r.timestamp {
+                    c.seen += 1;
+                } else {
+                    c.timestamp = r.timestamp;
+                    c.seen = 1;
+                }
+                let position = Position {
+                    lane: self.lane.clone(),
+                    cursor,
+                };
+                (Queued::Record(r.clone(), position), cursor)
+            })
+            .collect()
+    }
+
+    fn checkpoint(&self) -> Option<Cursor> {
+        self.checkpoints.get("c1", ROUTE, SINK)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Wait until the server stored `n` documents; fail naming what it has.
+async fn await_docs(server: &BulkServer, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = server.docs().len();
+        if stored >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} stored documents within {within:?}, the server has {stored} after requests {:?}",
+            server
+                .requests()
+                .iter()
+                .map(|r| (r.documents, r.status))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_low_rate_stream_lingers_into_one_bulk_request() {
+    let server = BulkServer::start().await;
+    let mut cfg = config(&[&server.url()], "logs-linger");
+    cfg.timeout_ms = 500;
+    let w = Worker::start(cfg, 1000);
+    // Ten identical lines with one timestamp: ten documents, told apart by position.
+    let records = identical_runs(&pod_container("q1", "api-1", &[]), 1, 10);
+    let entries = w.entries(&records);
+    let last = entries.last().map(|(_, c)| *c);
+    let first_sent = Instant::now();
+    for (entry, _) in entries {
+        assert!(w.queue.try_send(entry).is_ok(), "queue has room");
+        // The pace of a quiet container, not a wait for something.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    await_docs(&server, 10, Duration::from_secs(10)).await;
+    let requests = server.requests();
+    assert_eq!(
+        requests.iter().map(|r| r.documents).collect::<Vec<_>>(),
+        vec![10],
+        "ten records 20 ms apart within timeoutMs 500 make one bulk request"
+    );
+    let waited = requests[0].at - first_sent;
+    assert!(
+        waited >= Duration::from_millis(450),
+        "the request went {waited:?} after the first record; it should linger about 500 ms"
+    );
+    assert_each_once(&stored_once(&server), &records);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.checkpoint() != last {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint {:?}, expected {last:?}",
+            w.checkpoint()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_goes_out_in_bulks_of_max_events_above_1024() {
+    let server = BulkServer::start().await;
+    let mut cfg = config(&[&server.url()], "logs-backlog");
+    cfg.max_events = 5000;
+    cfg.max_bytes = 100 << 20;
+    cfg.max_concurrency = 2;
+    let w = Worker::start(cfg, 20_000);
+    let records = lines(&pod_container("s1", "api-1", &[]), 12_000, "backlog");
+    // Queued without yielding: the worker finds a backlog of 12,000.
+    for (entry, _) in w.entries(&records) {
+        assert!(w.queue.try_send(entry).is_ok(), "queue has room");
+    }
+    await_docs(&server, 12_000, Duration::from_secs(60)).await;
+    let mut sizes: Vec<usize> = server.requests().iter().map(|r| r.documents).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(
+        sizes,
+        vec![5000, 5000, 2000],
+        "full bulks of maxEvents while there is a backlog, then the rest"
+    );
+    assert_each_once(&stored_once(&server), &records);
+    let sent = w
+        .metrics
+        .records_sent
+        .with_label_values(&["elasticsearch", ROUTE, SINK]);
+    // The server stores before the worker has read the last answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent.get() < 12_000 {
+        assert!(
+            Instant::now() < deadline,
+            "records sent {}, expected 12000",
+            sent.get()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn bulk_requests_stay_within_max_bytes() {
+    let server = BulkServer::start().await;
+    let max_bytes = 16 * 1024;
+    let mut cfg = config(&[&server.url()], "logs-bytes");
+    cfg.max_events = 1000;
+    cfg.max_bytes = max_bytes as u64;
+    cfg.max_concurrency = 1;
+    let w = Worker::start(cfg, 1000);
+    let c = pod_container("u1", "api-1", &[]);
+    let records: Vec<Arc<Record>> = (0..120)
+        .map(|i| {
+            record(
+                &c,
+                i,
+                format!("{i:04} {}", "b".repeat(900 + (i as usize % 7) * 50)),
+            )
+        })
+        .collect();
+    for (entry, _) in w.entries(&records) {
+        assert!(w.queue.try_send(entry).is_ok(), "queue has room");
+    }
+    await_docs(&server, 120, Duration::from_secs(30)).await;
+    let requests = server.requests();
+    let largest_record = 2000;
+    for (i, r) in requests.iter().enumerate() {
+        assert!(
+            r.bytes <= max_bytes,
+            "request {i} has {} bytes, over maxBytes {max_bytes}",
+            r.bytes
+        );
+        if i + 1 < requests.len() {
+            assert!(
+                r.bytes + largest_record > max_bytes,
+                "request {i} has {} bytes: a backlog must fill requests up to maxBytes",
+                r.bytes
+            );
+        }
+    }
+    assert!(requests.len() >= 8, "{} requests", requests.len());
+    assert_each_once(&stored_once(&server), &records);
 }
 
 /// Throughput of one sink into osmem-server with the default batch settings (1000
@@ -791,7 +1136,7 @@ async fn indexing_throughput_into_osmem() {
     let started = Instant::now();
     // Batches of maxEvents × maxConcurrency keep both requests of a send busy.
     for chunk in batch.chunks(2000) {
-        expect_ok(sink.send(chunk).await);
+        expect_ok(sink.send(chunk, &read_positions(chunk)).await);
     }
     let elapsed = started.elapsed();
     os.refresh().await;

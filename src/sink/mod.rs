@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::metrics::AgentMetrics;
-use crate::record::Record;
+use crate::record::{LogPosition, Record};
 use crate::route::document::{CompiledSink, SinkConfig};
 
 /// Resolved credentials of a route, keyed by `CredentialRef::key`.
@@ -101,13 +101,34 @@ impl SinkClient {
         }
     }
 
-    /// Deliver a batch. `Ok` means every record was accepted or permanently rejected
-    /// (and counted); see [`SendFailure`] for the rest.
-    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+    /// Deliver a batch; `positions[i]` is where `batch[i]` ends in its container's log
+    /// (a sink that deduplicates identifies records by it). `Ok` means every record was
+    /// accepted or permanently rejected (and counted); see [`SendFailure`] for the rest.
+    pub async fn send(
+        &mut self,
+        batch: &[Arc<Record>],
+        positions: &[LogPosition],
+    ) -> Result<(), SendFailure> {
         match self {
             SinkClient::Stdout(s) => s.send(batch).await,
             SinkClient::Syslog(s) => s.send(batch).await,
-            SinkClient::Elasticsearch(s) => s.send(batch).await,
+            SinkClient::Elasticsearch(s) => s.send(batch, positions).await,
+        }
+    }
+
+    /// How the worker gathers records into sends for this sink.
+    pub fn batching(&self) -> worker::Batching {
+        match self {
+            SinkClient::Elasticsearch(s) => s.batching(),
+            SinkClient::Syslog(_) | SinkClient::Stdout(_) => worker::Batching::IMMEDIATE,
+        }
+    }
+
+    /// A record's weight against [`worker::Batching::max_bytes`].
+    pub fn weigh(&mut self, record: &Arc<Record>) -> usize {
+        match self {
+            SinkClient::Elasticsearch(s) => s.weigh(record),
+            SinkClient::Syslog(_) | SinkClient::Stdout(_) => record.message.len(),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The queue in front of each (route, sink): a bounded channel drained by one task that
 //! sends in batches and retries failures with exponential backoff and jitter.
 //!
+//! How entries are gathered into a send is the sink's choice ([`Batching`]): syslog and
+//! stdout take whatever is queued at once; Elasticsearch fills bulk requests, lingering
+//! up to `batch.timeoutMs` for a low-rate stream and sending at once for a busy one.
+//!
 //! A sink's failures stay inside its worker: the worker backs off and retries the unsent
 //! rest of the batch while the queue fills. What happens when the queue is full is the
 //! producer's business (see the agent pipeline: the lane detaches and catches up later).
@@ -21,10 +25,14 @@ use tokio_util::task::TaskTracker;
 use super::{Credentials, SinkClient, SinkContext, SinkError};
 use crate::agent::checkpoint::LaneCheckpoint;
 use crate::agent::docker::Cursor;
-use crate::record::Record;
+use crate::record::{LogPosition, Record};
 use crate::route::document::CompiledSink;
+pub use batching::Batching;
+use batching::{Carried, gather};
 
-/// Most records handed to a sink in one send.
+mod batching;
+
+/// Most records handed to a syslog or stdout sink in one batch.
 pub const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -51,6 +59,15 @@ impl Queued {
             Queued::Record(r, _) => Some(r),
             _ => None,
         }
+    }
+}
+
+/// A record's position in its own stream, from its lane's position just past it.
+fn log_position(record: &Record, p: &Position) -> LogPosition {
+    let c = p.cursor.stream(record.stream);
+    LogPosition {
+        timestamp: c.timestamp,
+        seen: c.seen,
     }
 }
 
@@ -145,19 +162,12 @@ impl ClientSource {
     }
 }
 
-/// Records per send, so that the checkpoint follows the sink closely. A sink that cannot
-/// tell a resend from a new record (syslog, stdout) gets small sends: an agent killed
-/// after a send was written but before its checkpoint was stored repeats at most that
-/// send, and a send this small is one socket write unless the receiver is backed up.
-/// Elasticsearch deduplicates resends by `_id`, so it keeps whole batches.
+/// Records per send for a sink that cannot tell a resend from a new record (syslog,
+/// stdout), so that the checkpoint follows the sink closely: an agent killed after a
+/// send was written but before its checkpoint was stored repeats at most that send, and
+/// a send this small is one socket write unless the receiver is backed up.
+/// Elasticsearch deduplicates resends by `_id`, so it sends whole batches.
 pub const NON_IDEMPOTENT_STEP: usize = 64;
-
-fn checkpoint_step(client: &SinkClient) -> usize {
-    match client {
-        SinkClient::Elasticsearch(_) => MAX_BATCH,
-        SinkClient::Syslog(_) | SinkClient::Stdout(_) => NON_IDEMPOTENT_STEP,
-    }
-}
 
 /// Advance the checkpoints of the lanes in `entries` (all accepted).
 fn accepted(entries: &[Queued]) {
@@ -183,7 +193,8 @@ async fn run(
     stop: CancellationToken,
 ) {
     let kind = client.kind();
-    let step = checkpoint_step(&client);
+    let batching = client.batching();
+    let step = batching.step.max(1);
     let depth = ctx
         .metrics
         .queue_depth
@@ -192,19 +203,24 @@ async fn run(
         .metrics
         .send_retries
         .with_label_values(&[kind, &ctx.route, &ctx.sink]);
-    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    let mut records: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Queued> = Vec::new();
+    let mut records: Vec<Arc<Record>> = Vec::new();
+    let mut positions: Vec<LogPosition> = Vec::new();
+    let mut carry: Carried = None;
     'receive: loop {
-        let received = tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-            _ = stop.cancelled() => 0,
-        };
-        if received == 0 {
+        let weigh = |r: &Arc<Record>| client.weigh(r);
+        if !gather(&mut rx, &mut carry, &mut batch, &batching, weigh, &stop).await {
             break;
         }
         depth.set(rx.len() as i64);
         records.clear();
-        records.extend(batch.iter().filter_map(Queued::record).cloned());
+        positions.clear();
+        for entry in &batch {
+            if let Queued::Record(r, p) = entry {
+                records.push(r.clone());
+                positions.push(log_position(r, p));
+            }
+        }
         // Entries up to `checkpointed` have had their positions applied.
         let mut checkpointed = 0;
         let mut done = 0;
@@ -215,7 +231,9 @@ async fn run(
             }
             let end = (done + step).min(records.len());
             let result = if done < end {
-                client.send(&records[done..end]).await
+                client
+                    .send(&records[done..end], &positions[done..end])
+                    .await
             } else {
                 Ok(())
             };

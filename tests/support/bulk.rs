@@ -17,9 +17,9 @@
 //! `mapper_parsing_exception` for that item only.
 //!
 //! Scriptable faults: whole-request statuses for the next requests (429 with an
-//! `es_rejected_execution_exception` body, 503, ...), per-item statuses inside a 200, a
-//! delay per request, an expected `Authorization` value (401 otherwise). It records each
-//! request (time, documents, gzip, status), the highest number of requests in flight at
+//! `es_rejected_execution_exception` body, 503, ...), per-item statuses inside a 200
+//! (from some request on), a delay per request, an expected `Authorization` value (401
+//! otherwise). It records each request (time, documents, inflated bytes, gzip, status), the highest number of requests in flight at
 //! once, how many times each document id was received, and every stored document.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -76,6 +76,8 @@ pub struct StoredDoc {
 pub struct RequestLog {
     pub at: Instant,
     pub documents: usize,
+    /// Body length after gzip inflation (what `http.max_content_length` limits).
+    pub bytes: usize,
     pub gzip: bool,
     pub status: u16,
     pub authorization: Option<String>,
@@ -85,6 +87,8 @@ pub struct RequestLog {
 struct ItemFault {
     status: u16,
     every: usize,
+    /// Requests reaching item processing that pass unharmed before the fault starts.
+    skip: usize,
     requests: usize,
 }
 
@@ -177,9 +181,16 @@ impl BulkServer {
     /// In the next `requests` requests that reach item processing, answer the items at
     /// positions `0, every, 2·every, ...` with `status` (e.g. 429) instead of storing them.
     pub fn fail_items(&self, status: u16, every: usize, requests: usize) {
+        self.fail_items_after(0, status, every, requests);
+    }
+
+    /// As [`BulkServer::fail_items`], starting after `skip` requests that reach item
+    /// processing were answered normally.
+    pub fn fail_items_after(&self, skip: usize, status: u16, every: usize, requests: usize) {
         self.lock().item_fault = Some(ItemFault {
             status,
             every: every.max(1),
+            skip,
             requests,
         });
     }
@@ -298,6 +309,7 @@ async fn handle(
     let mut log = RequestLog {
         at,
         documents: 0,
+        bytes: 0,
         gzip,
         status: 0,
         authorization: authorization.clone(),
@@ -409,6 +421,7 @@ fn respond(
         }
     };
     log.documents = body.iter().filter(|b| **b == b'\n').count() / 2;
+    log.bytes = body.len();
     if body.len() > lock().max_content_length {
         return Response::builder()
             .status(413)
@@ -530,6 +543,13 @@ fn respond(
     }
     let mut s = lock();
     let item_fault = match s.item_fault {
+        Some(f) if f.skip > 0 => {
+            s.item_fault = Some(ItemFault {
+                skip: f.skip - 1,
+                ..f
+            });
+            None
+        }
         Some(f) if f.requests > 0 => {
             s.item_fault = Some(ItemFault {
                 requests: f.requests - 1,

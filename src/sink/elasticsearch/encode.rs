@@ -30,15 +30,21 @@
 //! # Document ids
 //!
 //! Every document gets a deterministic `_id` and is written with `op_type: create`, so
-//! that sending a record again (after a lost response, a retried request, or the agent's
-//! own resend after a failed batch) is answered with 409 `version_conflict_engine_exception`,
-//! which the sink counts as `duplicate` and treats as delivered: nothing is indexed twice.
-//! The id is 20 URL-safe base64 characters of SHA-256 over container id, stream, timestamp
-//! and message, plus an occurrence number when the same (container, stream, timestamp,
-//! message) appears more than once in a batch. Limit: two identical lines of one stream
-//! with the very same nanosecond timestamp that fall into different batches collapse into
-//! one document. Data streams require `create` anyway; the cost is that Elasticsearch
-//! looks the id up on every write instead of taking its append-only fast path.
+//! that sending a record again (after a lost response, a retried request, the agent's own
+//! resend after a failed batch, or an agent restart that re-reads from a checkpoint) is
+//! answered with 409 `version_conflict_engine_exception`, which the sink counts as
+//! `duplicate` and treats as delivered: nothing is indexed twice.
+//!
+//! The id is 20 URL-safe base64 characters of SHA-256 over the record's place in its
+//! container's log: container id, stream, and the record's [`LogPosition`] (timestamp of
+//! its last line and its frame count at that timestamp). The position is the same every
+//! time the log is read and differs for every record, so two identical lines with the
+//! same timestamp are two documents however they fall into batches and resends, and a
+//! record read again is the same document. The message is not part of the id. (A
+//! multiline record joined differently after a restart, because its lines arrived at
+//! another pace than the join timeout, ends at another line and is a new document.)
+//! Data streams require `create` anyway; the cost is that Elasticsearch looks the id up
+//! on every write instead of taking its append-only fast path.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -50,7 +56,7 @@ use serde::ser::{SerializeMap, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::index::IndexTemplate;
-use crate::record::{ContainerInfo, Record, Timestamp};
+use crate::record::{ContainerInfo, LogPosition, Record, Timestamp};
 
 /// One batch as NDJSON: all action and document lines in one buffer, with the byte range
 /// of each record's two lines so that any subset can be sent again without re-encoding.
@@ -98,19 +104,27 @@ impl Encoder {
         Self { template, node }
     }
 
-    pub fn encode(&self, records: &[Arc<Record>]) -> EncodedBatch {
+    /// Encode `records`; `positions[i]` is where `records[i]` ends in its log.
+    ///
+    /// # Panics
+    /// When the two slices differ in length (a caller's bug).
+    pub fn encode(&self, records: &[Arc<Record>], positions: &[LogPosition]) -> EncodedBatch {
+        assert_eq!(
+            records.len(),
+            positions.len(),
+            "every record needs its log position"
+        );
         let mut out = EncodedBatch {
             buf: Vec::with_capacity(records.len() * 512),
             spans: Vec::with_capacity(records.len()),
         };
-        let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
         // Consecutive records of one container within one second share their index name.
         let mut last: Option<(*const ContainerInfo, i64, String)> = None;
         // The container's part of the document, serialized once per container and batch
         // (the batch holds the `Arc`s, so the addresses stay unique meanwhile).
         let mut tails: HashMap<*const ContainerInfo, Vec<u8>> = HashMap::new();
         let mut second = SecondText::default();
-        for record in records {
+        for (record, position) in records.iter().zip(positions) {
             let start = out.buf.len();
             let key = (Arc::as_ptr(&record.container), record.timestamp.secs);
             if last
@@ -121,7 +135,7 @@ impl Encoder {
             }
             let (_, _, index) =
                 last.get_or_insert_with(|| (key.0, key.1, self.template.render(record)));
-            let id = document_id(record, &mut seen);
+            let id = document_id(record, *position);
             write_json(
                 &mut out.buf,
                 &ActionLine {
@@ -164,6 +178,39 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// The encoded size of a record of `record`'s container, except its message: the
+    /// action line with the index name `record` gets, and the document without the
+    /// message's text. With [`Encoder::estimate`] it lets a batch be weighed as records
+    /// arrive without encoding them twice.
+    pub fn container_overhead(&self, record: &Record) -> usize {
+        const ACTION: usize = r#"{"create":{"_index":"","_id":"01234567890123456789"}}"#.len() + 1;
+        const HEAD: usize =
+            r#"{"@timestamp":"2024-01-01T00:00:00.000000000Z","message":"","log":{"iostream":"stdout"}"#
+                .len()
+                + 1;
+        let mut tail = Vec::new();
+        write_json(
+            &mut tail,
+            &ContainerFields {
+                c: &record.container,
+                node: &self.node,
+            },
+        );
+        // The tail's `{` becomes the `,` after `log`; its `}` closes the document.
+        ACTION + self.template.render(record).len() + HEAD + tail.len()
+    }
+
+    /// The encoded size of `record` given its container's
+    /// [`Encoder::container_overhead`]: exact unless the message needs JSON escapes or
+    /// the index name's length changes with the date (then a few bytes off).
+    pub fn estimate(record: &Record, overhead: usize) -> usize {
+        const FLAGS: usize = r#","flags":["truncated"]"#.len();
+        let stderr = record.stream.as_str().len() - "stdout".len();
+        overhead + record.message.len() + stderr + if record.truncated { FLAGS } else { 0 }
+    }
+}
+
 /// `@timestamp` text, with the date and time of the current second formatted once.
 #[derive(Default)]
 struct SecondText {
@@ -200,26 +247,16 @@ fn write_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
 }
 
 /// See the module documentation.
-pub fn document_id(record: &Record, seen: &mut HashMap<[u8; 32], u32>) -> String {
+pub fn document_id(record: &Record, position: LogPosition) -> String {
     let mut h = Sha256::new();
     h.update(record.container.id.as_bytes());
     h.update([0]);
     h.update(record.stream.as_str().as_bytes());
     h.update([0]);
-    h.update(record.timestamp.secs.to_be_bytes());
-    h.update(record.timestamp.nanos.to_be_bytes());
-    h.update(record.message.as_bytes());
-    let base: [u8; 32] = h.finalize().into();
-    let n = seen.entry(base).or_insert(0);
-    let digest: [u8; 32] = if *n == 0 {
-        base
-    } else {
-        let mut h = Sha256::new();
-        h.update(base);
-        h.update(n.to_be_bytes());
-        h.finalize().into()
-    };
-    *n += 1;
+    h.update(position.timestamp.secs.to_be_bytes());
+    h.update(position.timestamp.nanos.to_be_bytes());
+    h.update(position.seen.to_be_bytes());
+    let digest: [u8; 32] = h.finalize().into();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..15])
 }
 
@@ -410,221 +447,5 @@ struct Pod<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use serde_json::{Value, json};
-
-    use super::*;
-    use crate::api::StreamName;
-    use crate::record::PodInfo;
-
-    fn pod_container() -> Arc<ContainerInfo> {
-        Arc::new(ContainerInfo {
-            id: "0123456789abcdef0123456789abcdef".into(),
-            name: "k8s_api_web-7d4b9c-x2x_payments_uid-1_0".into(),
-            image: "registry.local/web:1.2".into(),
-            labels: BTreeMap::from([("io.kubernetes.pod.name".into(), "web-7d4b9c-x2x".into())]),
-            node: "node-a".into(),
-            pod: Some(PodInfo {
-                namespace: "payments".into(),
-                name: "web-7d4b9c-x2x".into(),
-                uid: "uid-1".into(),
-                container_name: "api".into(),
-                labels: BTreeMap::from([
-                    ("app".into(), "web".into()),
-                    ("app.kubernetes.io/name".into(), "web".into()),
-                ]),
-                annotations: BTreeMap::new(),
-                owner_kind: Some("ReplicaSet".into()),
-                owner_name: Some("web-7d4b9c".into()),
-            }),
-        })
-    }
-
-    fn record(c: &Arc<ContainerInfo>, secs: i64, nanos: u32, msg: &str) -> Arc<Record> {
-        Arc::new(Record {
-            container: c.clone(),
-            stream: StreamName::Stderr,
-            timestamp: Timestamp { secs, nanos },
-            message: msg.into(),
-            truncated: false,
-        })
-    }
-
-    fn lines(batch: &EncodedBatch) -> Vec<Value> {
-        batch
-            .buf
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn pod_record_becomes_an_ecs_document() {
-        let enc = Encoder::new(
-            IndexTemplate::parse("logs-{namespace}-%Y.%m.%d").unwrap(),
-            "fallback".into(),
-        );
-        // 2024-02-29T23:59:59.000000123Z
-        let batch = enc.encode(&[record(
-            &pod_container(),
-            1_709_251_199,
-            123,
-            "boom \"quoted\"",
-        )]);
-        assert!(batch.buf.ends_with(b"\n"));
-        let l = lines(&batch);
-        assert_eq!(l.len(), 2);
-        let action = &l[0]["create"];
-        assert_eq!(action["_index"], "logs-payments-2024.02.29");
-        assert_eq!(action["_id"].as_str().unwrap().len(), 20);
-        assert_eq!(
-            l[1],
-            json!({
-                "@timestamp": "2024-02-29T23:59:59.000000123Z",
-                "message": "boom \"quoted\"",
-                "log": {"iostream": "stderr"},
-                "container": {
-                    "id": "0123456789abcdef0123456789abcdef",
-                    "name": "api",
-                    "image": {"name": "registry.local/web:1.2"},
-                    "runtime": "docker"
-                },
-                "host": {"name": "node-a"},
-                "kubernetes": {
-                    "namespace": "payments",
-                    "node": {"name": "node-a"},
-                    "pod": {"name": "web-7d4b9c-x2x", "uid": "uid-1"},
-                    "container": {"name": "api"},
-                    "labels": {"app": "web", "app_kubernetes_io/name": "web"},
-                    "replicaset": {"name": "web-7d4b9c"}
-                }
-            })
-        );
-    }
-
-    #[test]
-    fn host_container_has_docker_labels_and_no_kubernetes_object() {
-        let c = Arc::new(ContainerInfo {
-            id: "abc".into(),
-            name: "My_DB".into(),
-            image: "postgres".into(),
-            labels: BTreeMap::from([("com.example.tier".into(), "db".into())]),
-            node: String::new(),
-            pod: None,
-        });
-        let mut r = (*record(&c, 0, 0, "x")).clone();
-        r.truncated = true;
-        let enc = Encoder::new(
-            IndexTemplate::parse("logs-{namespace}-{container}-{node}").unwrap(),
-            "host-1".into(),
-        );
-        let l = lines(&enc.encode(&[Arc::new(r)]));
-        assert_eq!(l[0]["create"]["_index"], "logs-none-my_db-");
-        assert_eq!(l[1]["host"]["name"], "host-1");
-        assert_eq!(
-            l[1]["container"]["labels"],
-            json!({"com_example_tier": "db"})
-        );
-        assert_eq!(l[1]["log"]["flags"], json!(["truncated"]));
-        assert_eq!(l[1]["@timestamp"], "1970-01-01T00:00:00.000000000Z");
-        assert!(l[1].get("kubernetes").is_none());
-    }
-
-    #[test]
-    fn ids_are_stable_and_distinct_for_repeated_lines() {
-        let c = pod_container();
-        let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "n".into());
-        let batch = [
-            record(&c, 5, 1, "same"),
-            record(&c, 5, 1, "same"),
-            record(&c, 5, 2, "same"),
-        ];
-        let ids = |b: &EncodedBatch| -> Vec<String> {
-            lines(b)
-                .iter()
-                .step_by(2)
-                .map(|a| a["create"]["_id"].as_str().unwrap().to_string())
-                .collect()
-        };
-        let first = ids(&enc.encode(&batch));
-        assert_eq!(
-            first,
-            ids(&enc.encode(&batch)),
-            "a resend must carry the same ids"
-        );
-        assert_ne!(first[0], first[1]);
-        assert_ne!(first[0], first[2]);
-        assert_ne!(first[1], first[2]);
-        // The record alone (as the first of a later batch) keeps its id.
-        assert_eq!(ids(&enc.encode(&batch[2..]))[0], first[2]);
-    }
-
-    /// The batch encoder copies the container's part of each document from a cache;
-    /// what it writes must be what `EcsDocument` serializes.
-    #[test]
-    fn batch_documents_are_what_ecs_document_serializes() {
-        let host = Arc::new(ContainerInfo {
-            id: "abc".into(),
-            name: "db".into(),
-            labels: BTreeMap::from([("a.b".into(), "c".into())]),
-            ..ContainerInfo::default()
-        });
-        let pod = pod_container();
-        let mut records = Vec::new();
-        for i in 0..40u32 {
-            let c = if i % 3 == 0 { &host } else { &pod };
-            let mut r = (*record(
-                c,
-                1_709_251_199 + i64::from(i / 7),
-                i * 37_777_777 % 1_000_000_000,
-                "m \"q\" \u{1}é",
-            ))
-            .clone();
-            r.truncated = i % 5 == 0;
-            records.push(Arc::new(r));
-        }
-        let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "fallback".into());
-        let batch = enc.encode(&records);
-        let docs: Vec<&[u8]> = batch
-            .buf
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .skip(1)
-            .step_by(2)
-            .collect();
-        assert_eq!(docs.len(), records.len());
-        for (doc, r) in docs.iter().zip(&records) {
-            let expected = serde_json::to_vec(&EcsDocument {
-                record: r,
-                node: "fallback",
-            })
-            .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(doc),
-                String::from_utf8_lossy(&expected)
-            );
-        }
-    }
-
-    #[test]
-    fn body_for_picks_whole_records() {
-        let c = pod_container();
-        let enc = Encoder::new(IndexTemplate::parse("x").unwrap(), "n".into());
-        let batch = enc.encode(&[
-            record(&c, 1, 0, "a"),
-            record(&c, 2, 0, "b"),
-            record(&c, 3, 0, "c"),
-        ]);
-        let body = batch.body_for(&[2, 0]);
-        let text = String::from_utf8(body).unwrap();
-        let messages: Vec<&str> = text.lines().filter(|l| l.contains("message")).collect();
-        assert_eq!(messages.len(), 2);
-        assert!(
-            messages[0].contains("\"message\":\"c\"") && messages[1].contains("\"message\":\"a\"")
-        );
-        assert!(text.ends_with('\n'));
-    }
-}
+#[path = "encode_tests.rs"]
+mod tests;

@@ -1,17 +1,24 @@
 //! Elasticsearch sink: `_bulk` delivery with per-item handling.
 //!
+//! Batching: the sink worker gathers records for this sink as
+//! [`ElasticsearchSink::batching`] says: a send holds up to `maxConcurrency` requests'
+//! worth of records (`maxEvents` documents, `maxBytes` bytes each, weighed with
+//! [`ElasticsearchSink::weigh`]); once it holds one full request it goes as soon as the
+//! queue has nothing more ready, and a smaller one waits up to `batch.timeoutMs` for more.
+//!
 //! One [`ElasticsearchSink::send`] resolves a whole batch: it encodes the records once
 //! ([`encode`]), cuts them into bulk requests of at most `maxEvents` documents and
-//! `maxBytes` bytes, runs up to `maxConcurrency` requests at once, reads every per-item
-//! result and decides with [`retry::classify`] what to do with each document. Transient
+//! `maxBytes` bytes (exactly, on the encoded bodies), runs up to `maxConcurrency`
+//! requests at once, reads every per-item result and decides with [`retry::classify`] what to do with each document. Transient
 //! failures (429/5xx/timeouts/connection errors, whole or per item) are retried inside the
 //! send with exponential backoff and jitter, up to [`RetryPolicy::max_retries`] times per
 //! request; whole-request failures move to the next endpoint. Only what no retry inside
 //! one send can fix (bad credentials, a write-blocked index, a refused request, or a
 //! cluster that stayed unavailable through every retry) is handed back as a
-//! [`SendFailure`] — the caller resends after its own backoff, and the deterministic
-//! document ids (see [`encode`]) make documents that did get in answer 409, counted as
-//! `duplicate`, so nothing is indexed twice.
+//! [`SendFailure`] — the caller resends after its own backoff, and the document ids,
+//! derived from each record's position in its container's log (see [`encode`]), make
+//! documents that did get in answer 409, counted as `duplicate`, so nothing is indexed
+//! twice and no two records are taken for one.
 
 mod deliver;
 pub mod encode;
@@ -19,8 +26,9 @@ pub mod index;
 pub mod retry;
 mod transport;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use prometheus::{Histogram, IntCounter};
@@ -31,8 +39,9 @@ use encode::Encoder;
 use index::{IndexTemplate, TemplateError};
 use transport::Transport;
 
+use super::worker::Batching;
 use super::{SendFailure, SinkContext};
-use crate::record::Record;
+use crate::record::{ContainerInfo, LogPosition, Record};
 use crate::route::document::{ElasticsearchConfig, IndexTarget};
 
 const KIND: &str = "elasticsearch";
@@ -156,9 +165,17 @@ struct Inner {
     max_events: usize,
     max_bytes: usize,
     concurrency: usize,
+    linger: Duration,
     policy: RetryPolicy,
     shutdown: CancellationToken,
+    /// [`Encoder::container_overhead`] per container (keyed by the `Arc`'s address, which
+    /// the held `Arc` keeps unique), for [`ElasticsearchSink::weigh`].
+    overheads: HashMap<usize, (Arc<ContainerInfo>, usize)>,
 }
+
+/// Containers whose document overhead [`ElasticsearchSink::weigh`] remembers; past
+/// this the cache starts over (containers come and go).
+const MAX_OVERHEADS: usize = 1024;
 
 impl ElasticsearchSink {
     /// Validate the configuration and load credentials and TLS material; no network I/O.
@@ -177,10 +194,52 @@ impl ElasticsearchSink {
         self.0.policy = policy;
     }
 
-    /// Deliver a batch; see the module documentation. `Ok` means every record is in the
-    /// index (created, or found there already) or was permanently rejected and counted.
-    pub async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
-        self.0.send(batch).await
+    /// Deliver a batch; see the module documentation. `positions[i]` is where `batch[i]`
+    /// ends in its container's log: it makes the document id. `Ok` means every record is
+    /// in the index (created, or found there already) or was permanently rejected and
+    /// counted.
+    ///
+    /// # Panics
+    /// When `positions` is not as long as `batch`.
+    pub async fn send(
+        &mut self,
+        batch: &[Arc<Record>],
+        positions: &[LogPosition],
+    ) -> Result<(), SendFailure> {
+        self.0.send(batch, positions).await
+    }
+
+    /// How the sink worker gathers records for this sink: see the module documentation.
+    pub fn batching(&self) -> Batching {
+        let i = &self.0;
+        let max_records = i.max_events.saturating_mul(i.concurrency);
+        Batching {
+            max_records,
+            max_bytes: i.max_bytes.saturating_mul(i.concurrency),
+            full_records: i.max_events,
+            full_bytes: i.max_bytes,
+            linger: i.linger,
+            step: max_records,
+        }
+    }
+
+    /// The size `record` will have in a bulk request body (an estimate: exact unless its
+    /// message needs JSON escapes).
+    pub fn weigh(&mut self, record: &Arc<Record>) -> usize {
+        let i = &mut *self.0;
+        let key = Arc::as_ptr(&record.container) as usize;
+        let overhead = match i.overheads.get(&key) {
+            Some((_, n)) => *n,
+            None => {
+                if i.overheads.len() >= MAX_OVERHEADS {
+                    i.overheads.clear();
+                }
+                let n = i.encoder.container_overhead(record);
+                i.overheads.insert(key, (record.container.clone(), n));
+                n
+            }
+        };
+        Encoder::estimate(record, overhead)
     }
 }
 
@@ -203,18 +262,24 @@ impl Inner {
             max_events: cfg.max_events.max(1) as usize,
             max_bytes: usize::try_from(cfg.max_bytes).unwrap_or(usize::MAX).max(1),
             concurrency: cfg.max_concurrency.clamp(1, 64) as usize,
+            linger: Duration::from_millis(cfg.timeout_ms.into()),
             policy: RetryPolicy::default(),
+            overheads: HashMap::new(),
             shutdown: CancellationToken::new(),
             ctx,
         })
     }
 
-    async fn send(&self, batch: &[Arc<Record>]) -> Result<(), SendFailure> {
+    async fn send(
+        &self,
+        batch: &[Arc<Record>],
+        positions: &[LogPosition],
+    ) -> Result<(), SendFailure> {
         if batch.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let encoded = self.encoder.encode(batch);
+        let encoded = self.encoder.encode(batch, positions);
         let requests = plan_requests(&encoded.spans, self.max_events, self.max_bytes);
         let mut done = vec![false; batch.len()];
         let mut failure = None;
@@ -279,7 +344,16 @@ mod tests {
         index: &str,
         auth: bool,
     ) -> Result<ElasticsearchSink, ElasticsearchError> {
-        let cfg = ElasticsearchConfig {
+        build_with(endpoint, index, auth, |_| {})
+    }
+
+    fn build_with(
+        endpoint: &str,
+        index: &str,
+        auth: bool,
+        edit: impl FnOnce(&mut ElasticsearchConfig),
+    ) -> Result<ElasticsearchSink, ElasticsearchError> {
+        let mut cfg = ElasticsearchConfig {
             endpoints: vec![endpoint.into()],
             target: IndexTarget::DataStream(index.into()),
             auth: auth.then(|| ElasticsearchCredentials::ApiKey {
@@ -295,6 +369,7 @@ mod tests {
             request_timeout_ms: 30_000,
             max_concurrency: 2,
         };
+        edit(&mut cfg);
         let ctx = SinkContext {
             route: "ns/r".into(),
             sink: "s".into(),
@@ -336,6 +411,28 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<ElasticsearchSink>(),
             std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn batching_follows_the_route_settings() {
+        let sink = build_with("http://127.0.0.1:9200", "logs", false, |c| {
+            c.max_events = 5000;
+            c.max_bytes = 1 << 20;
+            c.timeout_ms = 250;
+            c.max_concurrency = 3;
+        })
+        .expect("valid");
+        assert_eq!(
+            sink.batching(),
+            Batching {
+                max_records: 15_000,
+                max_bytes: 3 << 20,
+                full_records: 5000,
+                full_bytes: 1 << 20,
+                linger: Duration::from_millis(250),
+                step: 15_000,
+            }
         );
     }
 }
