@@ -71,6 +71,10 @@ pub struct ControllerArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "LOGROUTE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+    /// The operator's tenancy policy (YAML; see `route::policy`). Without it, tenants may
+    /// send anywhere except loopback, link-local and the API server.
+    #[arg(long, env = "LOGROUTE_EGRESS_POLICY")]
+    pub egress_policy: Option<std::path::PathBuf>,
 }
 
 /// Run until SIGTERM/SIGINT: serve metrics, contend for the leader lease, and while
@@ -94,6 +98,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
 
+    let policy = match &args.egress_policy {
+        Some(path) => crate::route::Policy::load(path)?,
+        None => crate::route::Policy::default(),
+    }
+    .with_api_server(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref());
     let identity = identity();
     info!(%identity, namespace = %args.namespace, "controller starting");
     let elector = leader::LeaderElector::new(
@@ -112,6 +121,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 identity.clone(),
                 metrics.clone(),
                 readiness.clone(),
+                policy.clone(),
                 stop,
             )
         },
@@ -133,6 +143,7 @@ async fn lead(
     identity: String,
     metrics: ControllerMetrics,
     readiness: Readiness,
+    policy: crate::route::Policy,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     readiness.set(false);
@@ -153,13 +164,16 @@ async fn lead(
         instance: Some(identity),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        operator_namespace,
-        metrics,
-        recorder,
-        namespaces.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            operator_namespace,
+            metrics,
+            recorder,
+            namespaces.clone(),
+        )
+        .with_policy(policy),
+    );
 
     let routes: Api<Guarded> = Api::all(client);
     let controller = Controller::new(routes, watcher::Config::default().any_semantic())

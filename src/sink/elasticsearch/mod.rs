@@ -294,6 +294,7 @@ mod tests {
             compression: Compression::Gzip,
             request_timeout_ms: 30_000,
             max_concurrency: 2,
+            egress: None,
         };
         let ctx = SinkContext {
             route: "ns/r".into(),

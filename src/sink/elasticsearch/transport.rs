@@ -391,6 +391,7 @@ mod tests {
             compression: Compression::None,
             request_timeout_ms: 1000,
             max_concurrency: 1,
+            egress: None,
         };
         let err = Transport::new(&cfg, &creds).err().expect("error");
         assert!(err.to_string().contains("no CERTIFICATE block"), "{err}");
