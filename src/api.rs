@@ -31,6 +31,13 @@ pub const SOURCE_UID_ANNOTATION: &str = "logroute.dev/source-uid";
 pub const ROUTE_DOCUMENT_KEY: &str = "route.json";
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "logroute-controller";
+/// Label a tenant puts on a Secret to let LogRoutes use it (value `true`). The controller
+/// reads and watches only Secrets carrying it, so a LogRoute cannot ship an arbitrary
+/// Secret of its namespace (a ServiceAccount token, another app's password) to a server
+/// of its author's choice.
+pub const CREDENTIALS_LABEL: &str = "logroute.dev/credentials";
+/// [`CREDENTIALS_LABEL`] as a label selector.
+pub const CREDENTIALS_SELECTOR: &str = "logroute.dev/credentials=true";
 /// Pod annotation / container label that opts a workload out of log forwarding.
 pub const EXCLUDE_KEY: &str = "logroute.dev/exclude";
 

@@ -72,6 +72,12 @@ impl std::fmt::Display for Problem {
 pub trait SecretLookup {
     /// The Secret's data, or `None` when it does not exist.
     fn get(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+
+    /// Added to the "does not exist" message: what else makes a Secret invisible here
+    /// (the controller reads only labelled Secrets).
+    fn missing_hint(&self, _namespace: &str, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 impl<F> SecretLookup for F
@@ -943,11 +949,11 @@ impl Compiler<'_, '_> {
         match lookup.get(ns, name) {
             Some(data) => Some(Some(data)),
             None => {
-                self.problem(
-                    Reason::SecretNotFound,
-                    &format!("{at}.name"),
-                    format!("Secret {ns}/{name} does not exist; create it or fix the name"),
-                );
+                let message = match lookup.missing_hint(ns, name) {
+                    None => format!("Secret {ns}/{name} does not exist; create it or fix the name"),
+                    Some(hint) => format!("Secret {ns}/{name} does not exist or {hint}"),
+                };
+                self.problem(Reason::SecretNotFound, &format!("{at}.name"), message);
                 None
             }
         }
