@@ -195,7 +195,8 @@ impl Inner {
                 source,
             }
         })?;
-        let transport = Transport::new(&cfg, &ctx.credentials)?;
+        let egress = crate::sink::egress::EgressGuard::new(cfg.egress.as_ref(), KIND, &ctx);
+        let transport = Transport::new(&cfg, &ctx.credentials, egress)?;
         Ok(Self {
             metrics: SinkMetrics::new(&ctx),
             encoder: Encoder::new(parsed, ctx.node.clone()),
