@@ -10,7 +10,7 @@
 //! on UDP): rsyslog's default `maxMessageSize` is 8 KiB, and its imtcp `maxFrameSize`
 //! (200000 by default) must also be at least that large for octet-counted frames.
 
-mod encode;
+pub mod encode;
 mod tls;
 mod transport;
 
