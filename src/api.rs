@@ -31,6 +31,13 @@ pub const SOURCE_UID_ANNOTATION: &str = "logroute.dev/source-uid";
 pub const ROUTE_DOCUMENT_KEY: &str = "route.json";
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "logroute-controller";
+/// Label a tenant puts on a Secret to let LogRoutes use it (value `true`). The controller
+/// reads and watches only Secrets carrying it, so a LogRoute cannot ship an arbitrary
+/// Secret of its namespace (a ServiceAccount token, another app's password) to a server
+/// of its author's choice.
+pub const CREDENTIALS_LABEL: &str = "logroute.dev/credentials";
+/// [`CREDENTIALS_LABEL`] as a label selector.
+pub const CREDENTIALS_SELECTOR: &str = "logroute.dev/credentials=true";
 /// Pod annotation / container label that opts a workload out of log forwarding.
 pub const EXCLUDE_KEY: &str = "logroute.dev/exclude";
 
@@ -54,6 +61,7 @@ pub const EXCLUDE_KEY: &str = "logroute.dev/exclude";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = no_null_in_enums)]
 pub struct LogRouteSpec {
     /// Which containers' logs this route takes. Empty selects every container of the
     /// LogRoute's namespace.
@@ -373,6 +381,31 @@ pub struct LogRouteStatus {
     /// Namespaces the route currently covers, when it uses a namespaceSelector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<Vec<String>>,
+}
+
+/// Remove `null` from every `enum` list below `schema`.
+///
+/// schemars lists `null` among an `Option<enum>` field's values; the CRD already says
+/// `nullable: true` there, and kube-apiserver releases before kubernetes PR 104969
+/// refuse a CRD whose enums hold a literal `null` ("per-version schemas may not all be
+/// set to identical values"). logroute never writes `null` for these fields (absent
+/// means default), so the value is not needed. `tests/crd_schema.rs` checks the result.
+pub fn no_null_in_enums(schema: &mut schemars::Schema) {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|v| !v.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(walk);
+    }
 }
 
 /// The CustomResourceDefinition as YAML, exactly as `crds/logroute.dev_logroutes.yaml`

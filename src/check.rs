@@ -4,6 +4,10 @@
 //! namespace) but not resolved, and label-based namespaceSelectors are not resolved.
 //! A LogRoute without `metadata.namespace` is checked as if applied to `default`, as
 //! `kubectl apply` would do without `-n`.
+//!
+//! The operator's tenancy policy applies as in the controller: the default one, or the
+//! file given with `--egress-policy` (the API server address is not known offline, so
+//! only its Service names are refused).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +15,7 @@ use std::process::ExitCode;
 use serde::Deserialize;
 
 use crate::api::LogRoute;
-use crate::route::{CompileEnv, Compiled, Problem, compile};
+use crate::route::{CompileEnv, Compiled, Policy, Problem, compile_with_policy};
 
 /// Outcome of checking one YAML document.
 pub enum Checked {
@@ -31,7 +35,7 @@ pub enum Checked {
 }
 
 /// Parse every document of a multi-document YAML text and compile each LogRoute.
-pub fn check_text(text: &str, operator_namespace: &str) -> Vec<Checked> {
+pub fn check_text(text: &str, operator_namespace: &str, policy: &Policy) -> Vec<Checked> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let key = format!("document {}", i + 1);
@@ -46,12 +50,17 @@ pub fn check_text(text: &str, operator_namespace: &str) -> Vec<Checked> {
                 break;
             }
         };
-        out.push(check_value(value, key, operator_namespace));
+        out.push(check_value(value, key, operator_namespace, policy));
     }
     out
 }
 
-fn check_value(value: serde_yaml::Value, key: String, operator_namespace: &str) -> Checked {
+fn check_value(
+    value: serde_yaml::Value,
+    key: String,
+    operator_namespace: &str,
+    policy: &Policy,
+) -> Checked {
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
@@ -101,7 +110,7 @@ fn check_value(value: serde_yaml::Value, key: String, operator_namespace: &str) 
         namespaces: None,
         secrets: None,
     };
-    match compile(&route, &env) {
+    match compile_with_policy(&route, &env, policy) {
         Ok(compiled) => Checked::Valid {
             key,
             compiled: Box::new(compiled),
@@ -110,9 +119,9 @@ fn check_value(value: serde_yaml::Value, key: String, operator_namespace: &str) 
     }
 }
 
-fn check_file(path: &Path, operator_namespace: &str) -> Vec<Checked> {
+fn check_file(path: &Path, operator_namespace: &str, policy: &Policy) -> Vec<Checked> {
     match std::fs::read_to_string(path) {
-        Ok(text) => check_text(&text, operator_namespace),
+        Ok(text) => check_text(&text, operator_namespace, policy),
         Err(e) => vec![Checked::Unreadable {
             key: "file".into(),
             message: format!("cannot read: {e}"),
@@ -122,10 +131,22 @@ fn check_file(path: &Path, operator_namespace: &str) -> Vec<Checked> {
 
 /// Run the subcommand: a line per LogRoute, problems indented below; exit 1 when any
 /// file or LogRoute is invalid.
-pub fn run(files: &[PathBuf], operator_namespace: &str, print: bool) -> ExitCode {
+pub fn run(
+    files: &[PathBuf],
+    operator_namespace: &str,
+    egress_policy: Option<&Path>,
+    print: bool,
+) -> ExitCode {
+    let policy = match egress_policy.map(Policy::load).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failed = false;
     for path in files {
-        let results = check_file(path, operator_namespace);
+        let results = check_file(path, operator_namespace, &policy);
         if results.is_empty() {
             println!("{}: no LogRoute found", path.display());
             failed = true;

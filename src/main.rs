@@ -36,6 +36,9 @@ enum Command {
         /// The operator's namespace (tenancy rules depend on it).
         #[arg(long, env = "LOGROUTE_NAMESPACE", default_value = "logroute-system")]
         namespace: String,
+        /// The operator's tenancy policy file, as the controller's `--egress-policy`.
+        #[arg(long, value_name = "POLICY")]
+        egress_policy: Option<PathBuf>,
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -68,8 +71,9 @@ fn main() -> ExitCode {
         Command::Check {
             print,
             namespace,
+            egress_policy,
             files,
-        } => logroute::check::run(&files, &namespace, print),
+        } => logroute::check::run(&files, &namespace, egress_policy.as_deref(), print),
         Command::Controller(args) => run_async(&cli.log_format, logroute::controller::run(args)),
         Command::Agent(args) => run_async(&cli.log_format, logroute::agent::run(args)),
     }

@@ -115,6 +115,10 @@ pub struct AgentMetrics {
     pub records_cut: IntCounterVec,
     /// `kind`, `route`, `sink`.
     pub sink_reconnects: IntCounterVec,
+    /// `kind`, `route`, `sink`, `rule`: resolved addresses a sink did not connect to
+    /// because the operator's egress policy refuses them (`rule`: the policy's rule name
+    /// or a `builtin:` one; bounded by the policy).
+    pub egress_refused: IntCounterVec,
     /// `route`, `sink`.
     pub queue_depth: IntGaugeVec,
     /// `route`, `sink`: seconds the sink is behind, the worst of its containers: newest
@@ -210,6 +214,12 @@ impl AgentMetrics {
                 "logroute_agent_records_sent_total",
                 "Records accepted by a sink",
                 sink,
+            ),
+            egress_refused: counter(
+                reg,
+                "logroute_agent_egress_refused_total",
+                "Resolved sink addresses not connected to because the egress policy refuses them",
+                &["kind", "route", "sink", "rule"],
             ),
             send_errors: counter(
                 reg,

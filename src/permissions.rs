@@ -61,8 +61,6 @@ pub struct Permission {
     pub why: &'static str,
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
-
 /// Every API call of the controller and the agent.
 pub const PERMISSIONS: &[Permission] = &[
     // ---- controller -------------------------------------------------------------------
@@ -94,17 +92,21 @@ pub const PERMISSIONS: &[Permission] = &[
         component: Component::Controller,
         group: "",
         resource: "secrets",
-        verbs: &["create", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         scope: Scope::OperatorNamespace,
-        why: "server-side apply, sweep and delete compiled credentials",
+        why: "server-side apply, sweep and delete compiled credentials; notice drift",
     },
+    // RBAC cannot narrow list/watch by label: the controller always sends the label
+    // selector logroute.dev/credentials=true outside the operator namespace (the scripted
+    // API server of src/controller/tests.rs refuses any other Secret request), and never
+    // gets a Secret by name.
     Permission {
         component: Component::Controller,
         group: "",
         resource: "secrets",
-        verbs: READ,
+        verbs: &["list", "watch"],
         scope: Scope::Cluster,
-        why: "resolve Secrets that LogRoutes reference in their own namespaces, and re-reconcile when they change; list the compiled ones for the sweep",
+        why: "read the Secrets labelled logroute.dev/credentials=true that LogRoutes reference in their own namespaces, and re-reconcile when they change",
     },
     Permission {
         component: Component::Controller,
@@ -355,8 +357,13 @@ mod tests {
         assert!(delete("op").allowed(Component::Controller, "op"));
         assert!(!delete("payments").allowed(Component::Controller, "op"));
         assert!(!delete("op").allowed(Component::Agent, "op"));
-        let read = Request::parse("GET", "/api/v1/namespaces/payments/secrets/creds", "").unwrap();
-        assert!(read.allowed(Component::Controller, "op"));
-        assert!(!read.allowed(Component::Agent, "op"));
+        let list = Request::parse("GET", "/api/v1/namespaces/payments/secrets", "").unwrap();
+        assert!(list.allowed(Component::Controller, "op"));
+        assert!(!list.allowed(Component::Agent, "op"));
+        let get = Request::parse("GET", "/api/v1/namespaces/payments/secrets/creds", "").unwrap();
+        assert!(
+            !get.allowed(Component::Controller, "op"),
+            "the controller reads Secrets only through a label-selected list"
+        );
     }
 }

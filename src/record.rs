@@ -90,8 +90,15 @@ pub struct ContainerInfo {
 
 impl ContainerInfo {
     /// Short id (12 hex digits) as `docker ps` shows it.
+    /// Cut at a character boundary: the id comes from the Docker API, which should send
+    /// hex, but a bad answer must not panic the sink (found by the syslog_encode fuzz
+    /// target).
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        let mut end = self.id.len().min(12);
+        while !self.id.is_char_boundary(end) {
+            end -= 1;
+        }
+        &self.id[..end]
     }
 
     /// Name a person recognises: the pod's container name, else the Docker name.
@@ -117,6 +124,20 @@ pub struct Record {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_short_id_never_splits_a_character() {
+        let c = super::ContainerInfo {
+            id: ".\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}]".into(),
+            ..super::ContainerInfo::default()
+        };
+        assert_eq!(c.short_id(), ".\u{FFFD}\u{FFFD}\u{FFFD}");
+        let hex = super::ContainerInfo {
+            id: "0123456789abcdef".into(),
+            ..super::ContainerInfo::default()
+        };
+        assert_eq!(hex.short_id(), "0123456789ab");
+    }
+
     use super::Timestamp;
 
     #[test]

@@ -1081,3 +1081,68 @@ fn every_value_is_documented() {
         "values.yaml has no default for {without_default:?}"
     );
 }
+
+/// The rendered egress policy is one the controller accepts, and the controller reads it
+/// from where the ConfigMap is mounted.
+#[test]
+fn the_rendered_egress_policy_is_read_by_the_controller() {
+    let Some(helm) = helm() else { return };
+    for render in RENDERS {
+        let docs = render.template(&helm);
+        let policies: Vec<&Value> = docs
+            .iter()
+            .filter(|d| kind(d) == "ConfigMap" && name(d).ends_with("-egress-policy"))
+            .collect();
+        assert_eq!(
+            policies.len(),
+            1,
+            "{}: one egress policy ConfigMap",
+            render.describe()
+        );
+        let text = policies[0]["data"]["policy.yaml"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no data.policy.yaml", render.describe()));
+        let policy = logroute::route::Policy::parse(text).unwrap_or_else(|e| {
+            panic!(
+                "{}: the controller refuses the policy: {e}\n{text}",
+                render.describe()
+            )
+        });
+        if render.values.is_some() {
+            assert_eq!(
+                policy.rules.len(),
+                2,
+                "{}: the values' rules arrive",
+                render.describe()
+            );
+            assert!(policy.restrict_operator_namespace);
+        } else {
+            assert_eq!(
+                policy,
+                logroute::route::Policy::default(),
+                "default values: the default policy"
+            );
+        }
+        let (controller, _) = workloads(&docs);
+        let c = &controller.containers[0];
+        let path = env_value(c, "LOGROUTE_EGRESS_POLICY").expect("LOGROUTE_EGRESS_POLICY is set");
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| path.starts_with(&format!("{}/", m.mount_path)))
+            .unwrap_or_else(|| panic!("{}: nothing is mounted at {path}", render.describe()));
+        let volume = controller
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .expect("the mounted volume exists");
+        assert_eq!(
+            volume.config_map.as_ref().map(|c| c.name.as_str()),
+            Some(name(policies[0])),
+            "{}: the mount is the egress policy ConfigMap",
+            render.describe()
+        );
+    }
+}

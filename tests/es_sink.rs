@@ -55,6 +55,7 @@ fn config(endpoints: &[&str], index: &str) -> ElasticsearchConfig {
         compression: Compression::None,
         request_timeout_ms: 10_000,
         max_concurrency: 2,
+        egress: None,
     }
 }
 

@@ -94,6 +94,7 @@ fn config(
             65536
         },
         tls: None,
+        egress: None,
     }
 }
 

@@ -14,6 +14,7 @@ use kube::runtime::reflector::Store;
 use super::error::Error;
 use super::index::{RouteIndex, RouteKey};
 use crate::metrics::ControllerMetrics;
+use crate::route::Policy;
 
 /// First retry after a failed reconcile; doubles per consecutive failure of the object.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
@@ -29,6 +30,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every namespace with its labels (metadata only), to resolve namespaceSelectors.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The operator's tenancy policy (egress, stdout, plain-HTTP credentials).
+    pub policy: Policy,
     index: Mutex<RouteIndex>,
     failures: Mutex<HashMap<RouteKey, u32>>,
 }
@@ -47,9 +50,16 @@ impl Context {
             metrics,
             recorder,
             namespaces,
+            policy: Policy::default(),
             index: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// Compile under this policy instead of [`Policy::default`].
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The route index. Never held across an `.await`.

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::context::Context;
+use crate::api::CREDENTIALS_SELECTOR;
 use crate::metrics::ControllerMetrics;
 use crate::permissions::{self, Component};
 
@@ -240,6 +241,18 @@ async fn answer(
         request.allowed(Component::Controller, OP_NS),
         "call #{i} {seen} ({request:?}) is not in src/permissions.rs: add the row and the chart rule, or do not make the call"
     );
+    // Outside the operator namespace the controller asks only for Secrets labelled for
+    // logroute: a tenant's other Secrets never reach it.
+    if request.resource == "secrets" && request.namespace.as_deref() != Some(OP_NS) {
+        assert!(
+            query_param(query, "labelSelector").as_deref() == Some(CREDENTIALS_SELECTOR),
+            "call #{i} {seen}: a Secret request outside the operator namespace without the label selector {CREDENTIALS_SELECTOR}"
+        );
+        assert!(
+            request.verb != "get",
+            "call #{i} {seen}: Secrets are read through a label-selected list, never by name"
+        );
+    }
     for part in &call.query {
         assert!(
             query.contains(part.as_str()),
@@ -266,6 +279,39 @@ async fn answer(
         .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
         .unwrap_or_else(|e| panic!("call #{i}: cannot build the response: {e}"));
     send.send_response(response);
+}
+
+/// The decoded value of one query parameter (`%XX` and `+` decoded).
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A Context around the mock server, with the namespace cache filled with `namespaces`

@@ -91,6 +91,10 @@ pub struct ControllerArgs {
     /// Time between attempts to acquire or renew the Lease.
     #[arg(long, env = "LOGROUTE_LEASE_RETRY_SECONDS", default_value_t = 2)]
     pub lease_retry_seconds: u64,
+    /// The operator's tenancy policy (YAML; see `route::policy`). Without it, tenants may
+    /// send anywhere except loopback, link-local and the API server.
+    #[arg(long, env = "LOGROUTE_EGRESS_POLICY")]
+    pub egress_policy: Option<std::path::PathBuf>,
 }
 
 impl ControllerArgs {
@@ -138,6 +142,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
 
+    let policy = match &args.egress_policy {
+        Some(path) => crate::route::Policy::load(path)?,
+        None => crate::route::Policy::default(),
+    }
+    .with_api_server(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref());
     let identity = lease.identity.clone();
     info!(%identity, namespace = %args.namespace, "controller starting");
     let elector = leader::LeaderElector::new(client.clone(), lease);
@@ -153,6 +162,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 identity.clone(),
                 metrics.clone(),
                 readiness.clone(),
+                policy.clone(),
                 stop,
             )
         },
@@ -176,6 +186,7 @@ async fn lead(
     identity: String,
     metrics: ControllerMetrics,
     readiness: Readiness,
+    policy: crate::route::Policy,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     readiness.set(false);
@@ -200,13 +211,16 @@ async fn lead(
         instance: Some(identity),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        operator_namespace,
-        metrics,
-        recorder,
-        namespaces,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            operator_namespace,
+            metrics,
+            recorder,
+            namespaces,
+        )
+        .with_policy(policy),
+    );
     let sync = CacheSync::new(readiness);
     let (route_cache, route_writer) = reflector::store::<Guarded>();
     let route_sync = sync.clone();

@@ -22,7 +22,7 @@ use super::secrets::{self, Recording};
 use super::status::{self, NOTE_MAX, Outcome};
 use super::{Guarded, RouteMetaApi};
 use crate::api::{FINALIZER, LogRoute, LogRouteStatus};
-use crate::route::{CompileEnv, Compiled, Problem, compile, compiled_object_name};
+use crate::route::{CompileEnv, Compiled, Problem, compile_with_policy, compiled_object_name};
 
 /// Re-read every route this often even without a change, in case a watch event was lost.
 /// A spec that is invalid is not retried faster: it changes only when someone edits it or
@@ -112,11 +112,13 @@ async fn apply_route(route: &LogRoute, key: &RouteKey, ctx: &Context) -> Result<
             namespaces: Some(&namespaces),
             secrets: Some(&recording),
         };
-        compile(route, &env)
+        compile_with_policy(route, &env, &ctx.policy)
     };
     let refs: BTreeSet<(String, String)> = recording.into_refs();
     // Index before reading, so a Secret created from now on re-triggers this route.
-    ctx.index().set_refs(key, refs.clone(), namespace_selector);
+    // A policy with namespace selectors makes every route depend on namespace labels.
+    let label_dependent = namespace_selector || ctx.policy.uses_namespace_labels();
+    ctx.index().set_refs(key, refs.clone(), label_dependent);
 
     let compiled = if refs.is_empty() {
         first
@@ -127,7 +129,7 @@ async fn apply_route(route: &LogRoute, key: &RouteKey, ctx: &Context) -> Result<
             namespaces: Some(&namespaces),
             secrets: Some(&fetched),
         };
-        compile(route, &env)
+        compile_with_policy(route, &env, &ctx.policy)
     };
 
     let object_name = compiled_object_name(&key.namespace, &key.name);

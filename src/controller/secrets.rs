@@ -1,5 +1,6 @@
-//! Secrets for the compiler, read through the API: only the ones a route refers to, and
-//! only in the route's own namespace.
+//! Secrets for the compiler, read through the API: only the ones a route refers to, only
+//! in the route's own namespace, and only when they carry the label
+//! `logroute.dev/credentials=true` ([`CREDENTIALS_SELECTOR`]).
 //!
 //! The compiler's [`SecretLookup`] is synchronous, so the controller compiles twice: first
 //! with [`Recording`], which notes every Secret the compiler asks for and answers "absent",
@@ -10,9 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::{Api, Client};
 
 use super::error::Error;
+use crate::api::CREDENTIALS_SELECTOR;
 use crate::route::SecretLookup;
 
 /// Notes which Secrets the compiler asked for; knows none of them.
@@ -48,11 +51,20 @@ impl SecretLookup for Fetched {
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
     }
+
+    fn missing_hint(&self, namespace: &str, name: &str) -> Option<String> {
+        Some(format!(
+            "lacks the label {CREDENTIALS_SELECTOR} (the controller reads only Secrets so labelled); create it with the label, or add it: kubectl label secret -n {namespace} {name} {CREDENTIALS_SELECTOR}"
+        ))
+    }
 }
 
-/// Read the referenced Secrets that live in `route_namespace`. References to any other
-/// namespace are never read: the compiler refuses them (Forbidden), and the controller
-/// must not read another tenant's Secret on a route's behalf even transiently.
+/// Read the referenced Secrets that live in `route_namespace` and carry the credentials
+/// label. Each is read with a list narrowed by the label selector and its name, so the
+/// API server never sends the controller a Secret that is not labelled for logroute: an
+/// unlabelled one looks absent (and the compiler says how to label it). References to
+/// any other namespace are never read: the compiler refuses them (Forbidden), and the
+/// controller must not read another tenant's Secret on a route's behalf even transiently.
 pub async fn fetch(
     client: &Client,
     route_namespace: &str,
@@ -64,10 +76,17 @@ pub async fn fetch(
         if namespace != route_namespace {
             continue;
         }
-        let secret = api
-            .get_opt(name)
-            .await
-            .map_err(Error::api("read Secret", format!("{namespace}/{name}")))?;
+        let params = ListParams::default()
+            .labels(CREDENTIALS_SELECTOR)
+            .fields(&format!("metadata.name={name}"));
+        let listed = api.list(&params).await.map_err(Error::api(
+            "read labelled Secret",
+            format!("{namespace}/{name}"),
+        ))?;
+        let secret = listed
+            .items
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
         if let Some(secret) = secret {
             let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
             for (k, v) in secret.data.unwrap_or_default() {

@@ -192,6 +192,19 @@ fn secret_data(name: &str, data: &[(&str, &str)]) -> Value {
     serde_json::to_value(secret).expect("a Secret serializes")
 }
 
+/// The read of one referenced Secret: a list in the route's namespace narrowed to the
+/// credentials label and the name, answered with `secret` (or nothing).
+fn labelled_secret_call(name: &'static str, secret: Option<Value>) -> Call {
+    Call::get(format!("/api/v1/namespaces/{NS}/secrets"))
+        .query("labelSelector=logroute.dev%2Fcredentials%3Dtrue")
+        .query(&format!("fieldSelector=metadata.name%3D{name}"))
+        .reply(
+            200,
+            json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "9"},
+                   "items": secret.into_iter().collect::<Vec<_>>()}),
+        )
+}
+
 #[tokio::test]
 async fn a_new_route_first_gets_the_finalizer_and_nothing_else() {
     let (ctx, mut api, _) = context(&[(NS, &[])]);
@@ -404,7 +417,7 @@ async fn a_missing_secret_is_reported_and_its_creation_publishes_the_route() {
     let s1 = Captured::default();
     let (json, obj) = route(ES_BASIC, 1, None);
     let calls = vec![
-        Call::get(format!("/api/v1/namespaces/{NS}/secrets/es-creds")).not_found(),
+        labelled_secret_call("es-creds", None),
         Call::delete(cm_path()).not_found(),
         Call::delete(secret_path()).not_found(),
         status_call(
@@ -412,7 +425,11 @@ async fn a_missing_secret_is_reported_and_its_creation_publishes_the_route() {
             &json,
             false,
             "SecretNotFound",
-            &["basicSecretRef", "es-creds"],
+            &[
+                "basicSecretRef",
+                "es-creds",
+                "kubectl label secret -n payments es-creds logroute.dev/credentials=true",
+            ],
             &s1,
         ),
         event_call(NS, "Warning", "SecretNotFound"),
@@ -430,12 +447,12 @@ async fn a_missing_secret_is_reported_and_its_creation_publishes_the_route() {
     let (json, obj) = route(ES_BASIC, 1, Some(&s1.get()));
     let s2 = Captured::default();
     let calls = vec![
-        Call::get(format!("/api/v1/namespaces/{NS}/secrets/es-creds")).reply(
-            200,
-            secret_data(
+        labelled_secret_call(
+            "es-creds",
+            Some(secret_data(
                 "es-creds",
                 &[("username", "elastic"), ("password", "s3cret")],
-            ),
+            )),
         ),
         Call::apply(secret_path()).body(|secret| {
             assert_eq!(secret["kind"], "Secret");
@@ -694,3 +711,6 @@ async fn failures_are_counted_and_retried_with_growing_delays() {
         Some(2.0)
     );
 }
+
+#[path = "tenancy_tests.rs"]
+mod tenancy;

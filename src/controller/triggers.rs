@@ -1,10 +1,11 @@
 //! What besides a LogRoute's own changes makes it reconcile again:
-//! - a Secret it refers to is created, changed or deleted (metadata-only watch of Secrets,
-//!   mapped through the route index);
+//! - a Secret it refers to is created, changed, deleted, labelled or unlabelled
+//!   (metadata-only watch of the Secrets carrying `logroute.dev/credentials=true` — never
+//!   of the others — mapped through the route index);
 //! - namespace labels change, for routes with a namespaceSelector (the same namespace
 //!   watch fills the namespace cache the compiler reads);
 //! - one of its compiled ConfigMaps/Secrets is changed or deleted by someone else (it is
-//!   put back).
+//!   put back; watched in the operator namespace only, by the route label).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use super::context::Context;
 use super::index::{RouteIndex, RouteKey};
 use super::objects::Source;
 use super::ready::{Cache, CacheSync};
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ROUTE_LABEL};
+use crate::api::{CREDENTIALS_SELECTOR, MANAGED_BY, MANAGED_BY_LABEL, ROUTE_LABEL};
 
 type NamespaceMeta = PartialObjectMeta<Namespace>;
 
@@ -64,7 +65,7 @@ pub fn triggers(
     let secret_ctx = ctx.clone();
     let secret_triggers = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        config.clone(),
+        config.clone().labels(CREDENTIALS_SELECTOR),
     )
     .default_backoff()
     .inspect(move |event| {
@@ -81,6 +82,25 @@ pub fn triggers(
         ),
         Err(e) => {
             warn!(error = %e, "Secret watch failed; retrying with backoff");
+            Vec::new()
+        }
+    });
+
+    let compiled_ctx = ctx.clone();
+    let compiled_secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &ctx.operator_namespace),
+        config.clone().labels(ROUTE_LABEL),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(move |secret| match secret {
+        Ok(secret) => routes_for_secret(
+            &compiled_ctx.index(),
+            &compiled_ctx.operator_namespace,
+            &secret.metadata,
+        ),
+        Err(e) => {
+            warn!(error = %e, "compiled Secret watch failed; retrying with backoff");
             Vec::new()
         }
     });
@@ -102,6 +122,7 @@ pub fn triggers(
     let merged: Vec<BoxStream<'static, Vec<RouteKey>>> = vec![
         namespace_triggers.boxed(),
         secret_triggers.boxed(),
+        compiled_secrets.boxed(),
         compiled_config_maps.boxed(),
     ];
     stream::select_all(merged)

@@ -20,6 +20,8 @@ use crate::route::document::{
     IndexTarget, LabelOperator, LabelRequirement, NamespaceScope, PodSelector, RouteIdentity,
     Scope, SinkConfig, StdoutConfig, SyslogConfig, TlsSettings,
 };
+use crate::route::egress::{Destination, Scheme, Verdict, url_destination};
+use crate::route::policy::{Policy, RoutePolicy};
 
 /// Largest compiled program a user regex may produce. Rust's regex engine is linear-time,
 /// so the remaining risk is memory; this caps it per pattern.
@@ -70,6 +72,12 @@ impl std::fmt::Display for Problem {
 pub trait SecretLookup {
     /// The Secret's data, or `None` when it does not exist.
     fn get(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+
+    /// Added to the "does not exist" message: what else makes a Secret invisible here
+    /// (the controller reads only labelled Secrets).
+    fn missing_hint(&self, _namespace: &str, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 impl<F> SecretLookup for F
@@ -123,17 +131,50 @@ pub fn compiled_object_name(namespace: &str, name: &str) -> String {
     format!("{prefix}-{hash}")
 }
 
-/// Validate and compile. Returns every problem found, not just the first; problems are
-/// ordered by [`Reason`] (tenancy first), then by their place in the spec.
+/// Validate and compile without an operator policy: every destination and sink kind is
+/// allowed. For the agent's `--routes` files, which the host's owner writes; the
+/// controller and `logroute check` use [`compile_with_policy`].
+/// Returns every problem found, not just the first; problems are ordered by [`Reason`]
+/// (tenancy first), then by their place in the spec.
 pub fn compile(route: &LogRoute, env: &CompileEnv<'_>) -> Result<Compiled, Vec<Problem>> {
+    compile_inner(route, env, None)
+}
+
+/// Validate and compile under the operator's tenancy policy (egress destinations, the
+/// stdout sink, credentials over plain HTTP). The route's effective egress rules go into
+/// its sinks, for the agent to check again at connect time.
+pub fn compile_with_policy(
+    route: &LogRoute,
+    env: &CompileEnv<'_>,
+    policy: &Policy,
+) -> Result<Compiled, Vec<Problem>> {
+    compile_inner(route, env, Some(policy))
+}
+
+fn compile_inner(
+    route: &LogRoute,
+    env: &CompileEnv<'_>,
+    policy: Option<&Policy>,
+) -> Result<Compiled, Vec<Problem>> {
+    let namespace = route.metadata.namespace.clone().unwrap_or_default();
+    let tenancy = match policy {
+        None => RoutePolicy::unrestricted(),
+        Some(p) => {
+            let labels = env
+                .namespaces
+                .and_then(|all| all.iter().find(|(n, _)| *n == namespace))
+                .map(|(_, labels)| labels);
+            p.for_route(&namespace, labels, env.operator_namespace)
+        }
+    };
     let mut c = Compiler {
         env,
+        tenancy,
         problems: Vec::new(),
         warnings: Vec::new(),
         credentials: BTreeMap::new(),
         secret_refs: BTreeSet::new(),
     };
-    let namespace = route.metadata.namespace.clone().unwrap_or_default();
     let name = route.metadata.name.clone().unwrap_or_default();
     if namespace.is_empty() {
         c.invalid(
@@ -224,6 +265,8 @@ impl TlsSettings {
 
 struct Compiler<'e, 'a> {
     env: &'e CompileEnv<'a>,
+    /// What the operator's policy allows this route.
+    tenancy: RoutePolicy,
     problems: Vec<Problem>,
     warnings: Vec<String>,
     credentials: BTreeMap<String, Vec<u8>>,
@@ -241,6 +284,33 @@ impl Compiler<'_, '_> {
 
     fn invalid(&mut self, path: &str, message: String) {
         self.problem(Reason::InvalidSpec, path, message);
+    }
+
+    /// Check a sink destination against the route's egress rules (when it has any).
+    fn egress(&mut self, at: &str, host: &str, port: u16, scheme: Scheme) {
+        let Some(rules) = &self.tenancy.egress else {
+            return;
+        };
+        let dest = Destination {
+            host,
+            address: None,
+            port,
+            scheme,
+        };
+        match rules.check(&dest) {
+            Verdict::Allow => {}
+            Verdict::Deferred { rule } => self.warnings.push(format!(
+                "{at}: whether {host}:{port} may be used depends on the addresses it resolves to (egress rule {rule:?}); the agent checks each connection"
+            )),
+            Verdict::Deny { rule } => self.problem(
+                Reason::Forbidden,
+                at,
+                format!(
+                    "{host}:{port} ({}) is refused by egress rule {rule:?} of the operator's egress policy; send to a destination the policy allows, or ask the cluster operator to allow this one",
+                    scheme.as_str()
+                ),
+            ),
+        }
     }
 
     fn range(&mut self, path: &str, value: Option<u32>, min: u32, max: u32, default: u32) -> u32 {
@@ -483,8 +553,16 @@ impl Compiler<'_, '_> {
             } else if let Some(e) = &sink.elasticsearch {
                 self.elasticsearch(namespace, &sink.name, &format!("{at}.elasticsearch"), e)
                     .map(SinkConfig::Elasticsearch)
-            } else {
+            } else if self.tenancy.stdout_allowed {
                 Some(SinkConfig::Stdout(StdoutConfig {}))
+            } else {
+                let op = self.env.operator_namespace;
+                self.problem(
+                    Reason::Forbidden,
+                    &format!("{at}.stdout"),
+                    format!("the stdout sink writes into the agent's own log on every node, which only the operator may read; only LogRoutes in the operator namespace {op:?} (or namespaces the egress policy's `stdout` names) may use it; use a syslog or elasticsearch sink"),
+                );
+                None
             };
             if let Some(config) = config {
                 out.push(CompiledSink {
@@ -563,6 +641,12 @@ impl Compiler<'_, '_> {
             (_, None) => None,
         };
         let (host, port) = address?;
+        let scheme = match transport {
+            SyslogTransport::Udp => Scheme::Udp,
+            SyslogTransport::Tcp => Scheme::Tcp,
+            SyslogTransport::Tls => Scheme::Tls,
+        };
+        self.egress(&format!("{at}.address"), &host, port, scheme);
         Some(SyslogConfig {
             host,
             port,
@@ -573,6 +657,7 @@ impl Compiler<'_, '_> {
             severity,
             max_message_bytes,
             tls,
+            egress: self.tenancy.egress.clone(),
         })
     }
 
@@ -592,7 +677,12 @@ impl Compiler<'_, '_> {
         let mut endpoints = Vec::new();
         for (i, url) in e.endpoints.iter().enumerate() {
             match parse_endpoint(url) {
-                Ok(u) => endpoints.push(u),
+                Ok(u) => {
+                    if let Some((host, port, scheme)) = url_destination(&u) {
+                        self.egress(&format!("{at}.endpoints[{i}]"), &host, port, scheme);
+                    }
+                    endpoints.push(u)
+                }
                 Err(why) => self.invalid(&format!("{at}.endpoints[{i}]"), why),
             }
         }
@@ -631,6 +721,16 @@ impl Compiler<'_, '_> {
             .auth
             .as_ref()
             .and_then(|a| self.es_auth(ns, sink, &format!("{at}.auth"), a));
+        if e.auth.is_some()
+            && !self.tenancy.plain_http_credentials
+            && endpoints.iter().any(|u| u.starts_with("http://"))
+        {
+            self.problem(
+                Reason::Forbidden,
+                &format!("{at}.auth"),
+                "credentials would travel unencrypted to an http:// endpoint; use https:// endpoints (or ask the cluster operator to allow plain-HTTP credentials for this namespace in the egress policy)".into(),
+            );
+        }
         let tls = e.tls.as_ref().map(|t| {
             if !endpoints.iter().any(|u: &String| u.starts_with("https://")) {
                 self.invalid(
@@ -699,6 +799,7 @@ impl Compiler<'_, '_> {
             compression: e.compression.unwrap_or(Compression::None),
             request_timeout_ms,
             max_concurrency,
+            egress: self.tenancy.egress.clone(),
         })
     }
 
@@ -853,11 +954,11 @@ impl Compiler<'_, '_> {
         match lookup.get(ns, name) {
             Some(data) => Some(Some(data)),
             None => {
-                self.problem(
-                    Reason::SecretNotFound,
-                    &format!("{at}.name"),
-                    format!("Secret {ns}/{name} does not exist; create it or fix the name"),
-                );
+                let message = match lookup.missing_hint(ns, name) {
+                    None => format!("Secret {ns}/{name} does not exist; create it or fix the name"),
+                    Some(hint) => format!("Secret {ns}/{name} does not exist or {hint}"),
+                };
+                self.problem(Reason::SecretNotFound, &format!("{at}.name"), message);
                 None
             }
         }
@@ -1188,3 +1289,7 @@ fn severity_code(name: &str) -> Option<u8> {
 #[cfg(test)]
 #[path = "compile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tenancy_tests.rs"]
+mod tenancy_tests;

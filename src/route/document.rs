@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::route::egress::EgressRules;
+
 pub use crate::api::{Compression, StreamName, SyslogFormat, SyslogFraming, SyslogTransport};
 
 /// The only document version this build writes and reads. Bump it on any change that an
@@ -188,6 +190,10 @@ pub struct SyslogConfig {
     pub max_message_bytes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// The operator's egress rules for this route, checked against every address the
+    /// agent connects to; absent means unrestricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRules>,
 }
 
 /// TLS client settings with secret material replaced by credential keys.
@@ -229,6 +235,9 @@ pub struct ElasticsearchConfig {
     pub compression: Compression,
     pub request_timeout_ms: u32,
     pub max_concurrency: u32,
+    /// As [`SyslogConfig::egress`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRules>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -2,9 +2,13 @@
 
 pub mod compile;
 pub mod document;
+pub mod egress;
 pub mod matcher;
+pub mod policy;
 
 pub use compile::{
-    CompileEnv, Compiled, Problem, Reason, SecretLookup, compile, compiled_object_name,
+    CompileEnv, Compiled, Problem, Reason, SecretLookup, compile, compile_with_policy,
+    compiled_object_name,
 };
 pub use document::{CompiledRoute, DOCUMENT_VERSION};
+pub use policy::Policy;

@@ -1,5 +1,6 @@
 //! Sinks: where records go. Each (route, sink) pair gets its own client and queue.
 
+pub mod egress;
 pub mod elasticsearch;
 pub mod stdout;
 pub mod syslog;

@@ -254,7 +254,8 @@ impl Inner {
                 source,
             }
         })?;
-        let transport = Transport::new(&cfg, &ctx.credentials)?;
+        let egress = crate::sink::egress::EgressGuard::new(cfg.egress.as_ref(), KIND, &ctx);
+        let transport = Transport::new(&cfg, &ctx.credentials, egress)?;
         Ok(Self {
             metrics: SinkMetrics::new(&ctx),
             encoder: Encoder::new(parsed, ctx.node.clone()),
@@ -368,6 +369,7 @@ mod tests {
             compression: Compression::Gzip,
             request_timeout_ms: 30_000,
             max_concurrency: 2,
+            egress: None,
         };
         edit(&mut cfg);
         let ctx = SinkContext {

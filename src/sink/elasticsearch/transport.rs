@@ -20,12 +20,16 @@ use super::ElasticsearchError;
 use crate::route::document::{
     Compression, CredentialRef, ElasticsearchConfig, ElasticsearchCredentials,
 };
+use crate::route::egress::{Scheme, url_destination};
+use crate::sink::egress::{EgressGuard, EgressRefused, GuardedResolver, refusal_in};
 use crate::sink::{Credentials, tls};
 
 /// One base URL of the cluster.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     bulk: Uri,
+    /// Host, port and scheme, for the egress check.
+    destination: Option<(String, u16, Scheme)>,
     /// The base URL without any `user:password@`, fit for logs and errors.
     pub display: String,
 }
@@ -36,6 +40,8 @@ pub enum AttemptError {
     Timeout,
     /// Connection, TLS or protocol failure (text for logs: no URL, no credentials).
     Transport(String),
+    /// The operator's egress policy refuses every address of the endpoint.
+    Egress(EgressRefused),
 }
 
 impl AttemptError {
@@ -43,6 +49,7 @@ impl AttemptError {
         match self {
             AttemptError::Timeout => "timeout",
             AttemptError::Transport(_) => "transport",
+            AttemptError::Egress(_) => "egress_refused",
         }
     }
 }
@@ -52,6 +59,7 @@ impl std::fmt::Display for AttemptError {
         match self {
             AttemptError::Timeout => f.write_str("no answer within the request timeout"),
             AttemptError::Transport(e) => f.write_str(e),
+            AttemptError::Egress(e) => write!(f, "{e}"),
         }
     }
 }
@@ -63,7 +71,8 @@ pub struct Answer {
 }
 
 pub struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    egress: Option<EgressGuard>,
     endpoints: Vec<Endpoint>,
     cursor: AtomicUsize,
     auth: Option<HeaderValue>,
@@ -73,9 +82,13 @@ pub struct Transport {
 
 impl Transport {
     /// Parse endpoints, load credentials and TLS material; opens no connection.
+    /// `egress`: the route's connect-time egress check (`None`: unrestricted); every
+    /// address a name resolves to passes it, and so does an address literal, before any
+    /// connection is opened.
     pub fn new(
         cfg: &ElasticsearchConfig,
         credentials: &Credentials,
+        egress: Option<EgressGuard>,
     ) -> Result<Self, ElasticsearchError> {
         if cfg.endpoints.is_empty() {
             return Err(ElasticsearchError::InvalidEndpoint {
@@ -97,7 +110,12 @@ impl Transport {
             .any(|e| e.bulk.scheme() == Some(&http::uri::Scheme::HTTPS));
         let tls = tls::client_config(cfg.tls.as_ref(), credentials, needs_tls)?;
 
-        let mut http = HttpConnector::new();
+        let targets = endpoints
+            .iter()
+            .filter_map(|e| e.destination.clone())
+            .collect();
+        let mut http =
+            HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone(), targets));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(30)));
@@ -133,6 +151,7 @@ impl Transport {
             .build(connector);
         Ok(Self {
             client,
+            egress,
             endpoints,
             cursor: AtomicUsize::new(0),
             auth,
@@ -168,6 +187,14 @@ impl Transport {
         documents: usize,
     ) -> Result<Answer, AttemptError> {
         let ep = self.endpoint(endpoint);
+        // An address literal never reaches the resolver: judge it here.
+        if let (Some(guard), Some((host, port, scheme))) = (&self.egress, &ep.destination) {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                guard
+                    .check(host, std::net::SocketAddr::new(ip, *port), *scheme)
+                    .map_err(AttemptError::Egress)?;
+            }
+        }
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(ep.bulk.clone())
@@ -191,7 +218,10 @@ impl Transport {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| AttemptError::Transport(error_chain(&e)))?;
+                .map_err(|e| match refusal_in(&e) {
+                    Some(refused) => AttemptError::Egress(refused.clone()),
+                    None => AttemptError::Transport(error_chain(&e)),
+                })?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), limit)
                 .collect()
@@ -257,6 +287,7 @@ fn parse_endpoint(raw: &str) -> Result<Endpoint, ElasticsearchError> {
     .map_err(|_| invalid("not a URL"))?;
     Ok(Endpoint {
         bulk,
+        destination: url_destination(raw),
         display: format!(
             "{}://{}{}",
             uri.scheme_str().unwrap_or("http"),
@@ -391,8 +422,9 @@ mod tests {
             compression: Compression::None,
             request_timeout_ms: 1000,
             max_concurrency: 1,
+            egress: None,
         };
-        let err = Transport::new(&cfg, &creds).err().expect("error");
+        let err = Transport::new(&cfg, &creds, None).err().expect("error");
         assert!(err.to_string().contains("no CERTIFICATE block"), "{err}");
         assert_eq!(err.reason(), "tls_config");
     }

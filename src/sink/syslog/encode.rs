@@ -403,6 +403,13 @@ fn push_param(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"=\"");
     for b in value.bytes() {
+        // A raw newline would end the message under newline framing (found by the
+        // syslog_encode fuzz target: a node name with a newline); names never carry one
+        // legitimately, so it is written as rsyslog's own escape in every framing.
+        if b == b'\n' {
+            out.extend_from_slice(NEWLINE_ESCAPE.as_bytes());
+            continue;
+        }
         if matches!(b, b'"' | b'\\' | b']') {
             out.push(b'\\');
         }

@@ -25,6 +25,7 @@ fn config(
         severity: None,
         max_message_bytes: 65536,
         tls: None,
+        egress: None,
     }
 }
 
@@ -457,4 +458,26 @@ fn the_fast_path_writes_what_the_general_path_writes() {
             }
         }
     }
+}
+
+/// Found by the syslog_encode fuzz target (fuzz/seeds/syslog_encode/sd-newline): a
+/// newline in a structured-data value (here the node name) ended the message early
+/// under newline framing.
+#[test]
+fn a_newline_in_a_structured_data_value_does_not_break_newline_framing() {
+    let cfg = config(
+        SyslogFormat::Rfc5424,
+        SyslogTransport::Tcp,
+        SyslogFraming::Newline,
+    );
+    let mut encoder = Encoder::new(&cfg, "node\n-1");
+    let mut out = Vec::new();
+    encoder.encode(
+        &record(pod_container(), StreamName::Stdout, "hello"),
+        &mut out,
+    );
+    let text = String::from_utf8(out).expect("UTF-8");
+    assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+    assert!(text.ends_with("hello\n"), "{text:?}");
+    assert!(text.contains("node=\"node#012-1\""), "{text:?}");
 }

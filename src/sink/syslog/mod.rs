@@ -10,7 +10,7 @@
 //! on UDP): rsyslog's default `maxMessageSize` is 8 KiB, and its imtcp `maxFrameSize`
 //! (200000 by default) must also be at least that large for octet-counted frames.
 
-mod encode;
+pub mod encode;
 mod tls;
 mod transport;
 
@@ -23,6 +23,7 @@ use prometheus::{Histogram, IntCounter};
 use encode::Encoder;
 pub use encode::SD_ID;
 
+use super::egress::EgressGuard;
 use super::{SendFailure, SinkContext};
 use crate::record::Record;
 use crate::route::document::{SyslogConfig, SyslogTransport};
@@ -77,6 +78,11 @@ pub enum SyslogError {
     },
     #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
     Write { addr: String, source: io::Error },
+    #[error("not connecting to syslog receiver {addr}: {source}")]
+    Egress {
+        addr: String,
+        source: crate::sink::egress::EgressRefused,
+    },
 }
 
 impl SyslogError {
@@ -92,6 +98,7 @@ impl SyslogError {
             SyslogError::ConnectTimeout { .. } => "timeout",
             SyslogError::Handshake { .. } => "tls",
             SyslogError::Write { .. } => "write",
+            SyslogError::Egress { .. } => "egress_refused",
         }
     }
 }
@@ -199,6 +206,7 @@ impl SyslogSink {
                 port: cfg.port,
                 protocol,
                 display,
+                egress: EgressGuard::new(cfg.egress.as_ref(), "syslog", &ctx),
             },
             encoder: Encoder::new(&cfg, &ctx.node),
             conn: None,

@@ -21,6 +21,8 @@ use tokio_rustls::client::TlsStream;
 
 use super::SyslogError;
 use super::tls::TlsTarget;
+use crate::route::egress::Scheme;
+use crate::sink::egress::EgressGuard;
 
 /// Resolution, TCP connect and TLS handshake together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +43,18 @@ pub struct Target {
     pub protocol: Protocol,
     /// `host:port`, for messages.
     pub display: String,
+    /// The operator's egress rules for this route; `None` when unrestricted.
+    pub egress: Option<EgressGuard>,
+}
+
+impl Target {
+    fn scheme(&self) -> Scheme {
+        match self.protocol {
+            Protocol::Udp => Scheme::Udp,
+            Protocol::Tcp => Scheme::Tcp,
+            Protocol::Tls(_) => Scheme::Tls,
+        }
+    }
 }
 
 pub enum Protocol {
@@ -77,6 +91,19 @@ impl Connection {
                 source,
             })?
             .collect();
+        // Every address is judged before any is tried: DNS may have changed since the
+        // controller compiled the route.
+        let addrs = match &target.egress {
+            None => addrs,
+            Some(guard) => {
+                guard
+                    .filter(&target.host, addrs, target.scheme())
+                    .map_err(|source| SyslogError::Egress {
+                        addr: target.display.clone(),
+                        source,
+                    })?
+            }
+        };
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no addresses");
         for addr in addrs {
             let opened = match &target.protocol {
