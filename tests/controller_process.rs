@@ -145,7 +145,7 @@ fn route(ns: &str, name: &str) -> Value {
     json!({
         "apiVersion": "logroute.dev/v1alpha1", "kind": "LogRoute",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"sinks": [{"name": "central", "syslog": {"address": "127.0.0.1:514"}}]},
+        "spec": {"sinks": [{"name": "central", "syslog": {"address": "syslog.logging.svc:514"}}]},
     })
 }
 
