@@ -33,7 +33,11 @@ impl<'a> Input<'a> {
 
     /// Bytes up to the next NUL (or the end).
     pub fn bytes(&mut self) -> &'a [u8] {
-        let end = self.data.iter().position(|b| *b == 0).unwrap_or(self.data.len());
+        let end = self
+            .data
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.data.len());
         let (field, rest) = self.data.split_at(end);
         self.data = rest.get(1..).unwrap_or_default();
         field
@@ -84,7 +88,8 @@ pub fn record(input: &mut Input<'_>, container: &Arc<ContainerInfo>) -> Arc<Reco
     } else {
         StreamName::Stderr
     };
-    let secs = i64::from(input.u16()) * 40_000 + 1_600_000_000 - i64::from(input.byte()) * 1_000_000_000;
+    let secs =
+        i64::from(input.u16()) * 40_000 + 1_600_000_000 - i64::from(input.byte()) * 1_000_000_000;
     Arc::new(Record {
         container: container.clone(),
         stream,

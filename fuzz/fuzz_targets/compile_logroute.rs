@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let namespaces = vec![
-        ("payments".to_string(), BTreeMap::from([("tier".to_string(), "prod".to_string())])),
+        (
+            "payments".to_string(),
+            BTreeMap::from([("tier".to_string(), "prod".to_string())]),
+        ),
         ("logroute-system".to_string(), BTreeMap::new()),
     ];
     let lookup = secrets;

@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(doc) = CompiledRoute::from_json(text) {
-        let again = CompiledRoute::from_json(&doc.to_json()).expect("a written document reads back");
+        let again =
+            CompiledRoute::from_json(&doc.to_json()).expect("a written document reads back");
         assert_eq!(again, doc);
     }
 });

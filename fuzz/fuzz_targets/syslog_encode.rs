@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
                     .expect("ASCII length")
                     .parse()
                     .expect("a decimal length");
-                assert_eq!(len, out.len() - space - 1, "octet count matches the message");
+                assert_eq!(
+                    len,
+                    out.len() - space - 1,
+                    "octet count matches the message"
+                );
                 &out[space + 1..]
             }
             (_, SyslogFraming::Newline) => {
