@@ -62,6 +62,20 @@ fn of_pod(rs: &Rsyslog, pod: &PodId) -> Vec<Received> {
         .collect()
 }
 
+/// Wait until at least `n` records of `pod` arrived; fail naming `what` with the agent's
+/// log after [`WAIT`].
+fn wait_for_lines(rs: &Rsyslog, pod: &PodId, n: usize, what: &str, agent: &AgentProc) {
+    let deadline = Instant::now() + WAIT;
+    while of_pod(rs, pod).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}; agent log:\n{}",
+            log_tail(agent)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait until `n` records of `pod` arrived (or `timeout` passed), then until nothing
 /// more arrives for 500 ms, so that repeats would be seen too. Returns them.
 fn settle(rs: &Rsyslog, pod: &PodId, n: usize, timeout: Duration) -> Vec<Received> {
@@ -195,15 +209,7 @@ async fn agent_killed_and_restarted_loses_and_repeats_nothing() {
     let pod = c.pod("steady", &[("app", "steady")], &[]);
     const N: usize = 600;
     let container = c.run(&pod, "api", &ticker("tick", N, 10_000)).await;
-    let deadline = Instant::now() + WAIT;
-    while of_pod(&c.rsyslog, &pod).len() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "100 lines before the kill; agent log:\n{}",
-            log_tail(&agent)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(&c.rsyslog, &pod, 100, "100 lines before the kill", &agent);
     agent.kill9();
     // Lines written while no agent runs.
     until_printed(&container, printed(&container) + 100);
@@ -263,15 +269,13 @@ async fn credentials_secret_rotated_while_lines_flow_loses_nothing() {
     let pod = c.pod("rotating", &[("app", "r")], &[]);
     const N: usize = 800;
     let container = c.run(&pod, "api", &ticker("rot", N, 10_000)).await;
-    let deadline = Instant::now() + WAIT;
-    while of_pod(&c.rsyslog, &pod).len() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "100 lines before the rotation; agent log:\n{}",
-            log_tail(&agent)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(
+        &c.rsyslog,
+        &pod,
+        100,
+        "100 lines before the rotation",
+        &agent,
+    );
     // Rotation: the Secret is deleted, so the controller withdraws the route (ConfigMap,
     // then its Secret); the new Secret comes back ~1.5 s later and the route with it.
     c.api.delete("v1", "Secret", &c.ns, "syslog-ca");
@@ -314,15 +318,7 @@ async fn pod_deleted_while_its_sink_lags_keeps_its_metadata_for_the_tail() {
     const N: usize = 3000;
     let script = "echo warm; sleep 2; seq 1 3000 | sed 's/^/tail-/'; sleep 3; echo tail-3001";
     let container = c.run(&pod, "api", script).await;
-    let deadline = Instant::now() + WAIT;
-    while of_pod(&c.rsyslog, &pod).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the warm-up line; agent log:\n{}",
-            log_tail(&agent)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(&c.rsyslog, &pod, 1, "the warm-up line", &agent);
     suspend::set_suspended(pid, true);
     until_printed(&container, 1 + N);
     c.delete_pod(&pod);
@@ -351,15 +347,7 @@ async fn dropped_and_expired_watches_relist_and_apply_the_missed_change() {
     let pod = c.pod("ticker", &[("app", "t")], &[]);
     const N: usize = 800;
     let container = c.run(&pod, "api", &ticker("w", N, 10_000)).await;
-    let deadline = Instant::now() + WAIT;
-    while of_pod(&c.rsyslog, &pod).len() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "100 lines before the outage; agent log:\n{}",
-            log_tail(&agent)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(&c.rsyslog, &pod, 100, "100 lines before the outage", &agent);
     let lists = |c: &Cluster| {
         c.api
             .requests()
@@ -413,15 +401,7 @@ async fn container_that_ran_while_no_agent_ran_is_read_at_the_next_start() {
     wait_active(&mut agent, 1);
     let warm = c.pod("warm", &[], &[]);
     let _warm = c.run(&warm, "c", "echo warm").await;
-    let deadline = Instant::now() + WAIT;
-    while of_pod(&c.rsyslog, &warm).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the warm-up line; agent log:\n{}",
-            log_tail(&agent)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(&c.rsyslog, &warm, 1, "the warm-up line", &agent);
     assert!(
         agent.terminate(Duration::from_secs(20)),
         "agent stops cleanly on SIGTERM; log:\n{}",
