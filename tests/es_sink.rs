@@ -911,6 +911,7 @@ impl Worker {
         };
         let queue = worker::spawn(
             &tokio_util::task::TaskTracker::new(),
+            &tokio_util::task::TaskTracker::new(),
             &sink,
             ctx,
             credentials,

@@ -19,7 +19,7 @@ use crate::agent::docker::{self, Cursor, DockerContainer, DockerError, LogLine};
 use crate::agent::lane::{CatchUp, Lane, Outcome, furthest, reached};
 use crate::agent::pipeline::{AgentContext, resolve_info, resolve_info_now};
 use crate::agent::pods::{self, PodCache};
-use crate::agent::routes::RouteTable;
+use crate::agent::routes::{ActiveRoute, RouteTable};
 use crate::api::EXCLUDE_KEY;
 use crate::record::{ContainerInfo, Timestamp};
 use crate::sink::worker::Queued;
@@ -47,6 +47,11 @@ enum CatchMsg {
 
 /// How long a catch-up waits for room in its sink's queue before it gives up its stream.
 const CATCHUP_STALL: Duration = Duration::from_secs(1);
+
+/// Longest a container waits, on a route edit or delete, for the old version's sink
+/// workers to end (see `Following::await_retired`). A connection attempt or backoff ends
+/// at once; only a write to a receiver that stopped reading can take longer.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
 
 struct Following {
     ctx: Arc<AgentContext>,
@@ -153,8 +158,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
             changed = routes_rx.changed() => {
                 if changed.is_err() { break; }
                 let table = routes_rx.borrow_and_update().clone();
-                f.flush_changed(&table);
-                f.rematch(&table);
+                f.apply_table(&table).await;
             }
             Some(()) = wait_changed(&mut pod_changes) => {
                 if let Some(r) = &pod_ref {
@@ -162,7 +166,8 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
                     if info != *f.info {
                         f.flush(true);
                         f.info = Arc::new(info);
-                        f.rematch(&routes_rx.borrow());
+                        let table = routes_rx.borrow_and_update().clone();
+                        f.apply_table(&table).await;
                     }
                 }
             }
@@ -244,10 +249,10 @@ impl Following {
                     self.lanes.push(lane);
                     continue;
                 }
-                // The route was edited: its old workers are stopped and what they held
-                // is not delivered. The lane starts over from what its sink accepted,
-                // with the new version (a new claim of its checkpoint, so a late
-                // acknowledgement of the old worker cannot move it).
+                // The route was edited: its old workers have ended (`await_retired`)
+                // and what they held is not delivered. The lane starts over from what
+                // its sink accepted, with the new version (a new claim of its checkpoint,
+                // so an acknowledgement of a worker left behind cannot move it).
                 tracing::info!(container = %self.container.name, route = %route.key, sink = %name, "route edited; this sink resumes from its checkpoint with the new version");
                 drop(lane);
             }
@@ -332,6 +337,38 @@ impl Following {
             for lane in &mut self.lanes {
                 lane.checkpoint.set_head(newest);
                 lane.settle();
+            }
+        }
+    }
+
+    /// Follow a new route table: lanes of changed routes flush, their old workers are
+    /// waited for, then every lane is matched again.
+    async fn apply_table(&mut self, table: &RouteTable) {
+        self.flush_changed(table);
+        self.await_retired(table).await;
+        self.rematch(table);
+    }
+
+    /// Wait (at most [`RETIRE_WAIT`]) until the workers of every route version this
+    /// container's lanes use and `table` no longer has have ended. A lane of an edited
+    /// route claims its checkpoint again only after that, so the checkpoint it resumes
+    /// from includes every record the old workers delivered: nothing is sent twice. A
+    /// worker still inside a write after the wait (a syslog receiver that stopped reading)
+    /// is left behind; what it writes then may arrive again through the new version.
+    async fn await_retired(&self, table: &RouteTable) {
+        let mut gone: Vec<&Arc<ActiveRoute>> = Vec::new();
+        for lane in &self.lanes {
+            let current = table.routes.iter().any(|r| Arc::ptr_eq(r, &lane.route));
+            if !current && !gone.iter().any(|g| Arc::ptr_eq(g, &lane.route)) {
+                gone.push(&lane.route);
+            }
+        }
+        for route in gone {
+            if tokio::time::timeout(RETIRE_WAIT, route.retired())
+                .await
+                .is_err()
+            {
+                tracing::warn!(container = %self.container.name, route = %route.key, wait = ?RETIRE_WAIT, "the route's old sink workers are still sending; resuming anyway, and what they deliver from now on may arrive twice");
             }
         }
     }

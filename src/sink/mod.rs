@@ -84,12 +84,14 @@ impl SinkClient {
         })
     }
 
-    /// Cancelling `token` makes a send that is waiting (on a request or a backoff) give
-    /// up at once and report what was accepted so far. Only the Elasticsearch client
-    /// waits inside a send; the others return on their own write timeouts.
+    /// Cancelling `token` makes a send that is waiting (on a connection, a request or a
+    /// backoff) give up at once and report what was accepted so far. A syslog write in
+    /// progress is not cut: it ends on its own write timeout, so no half frame is sent.
     pub fn set_shutdown(&mut self, token: tokio_util::sync::CancellationToken) {
-        if let SinkClient::Elasticsearch(s) = self {
-            s.set_shutdown(token);
+        match self {
+            SinkClient::Elasticsearch(s) => s.set_shutdown(token),
+            SinkClient::Syslog(s) => s.set_shutdown(token),
+            SinkClient::Stdout(_) => {}
         }
     }
 

@@ -83,7 +83,16 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Start the worker for `sink`; entries sent to the returned queue are delivered in
 /// order. The worker ends once every sender is dropped and the queue is drained, or when
-/// `stop` is cancelled (what is still queued then is read again by the next agent).
+/// `stop` is cancelled (what is still queued then is read again by the next agent, or by
+/// the lanes of an edited route from their checkpoints).
+///
+/// The worker runs on `tracker` and is also tracked by `own` (its route's workers): once
+/// `own` is empty, every acknowledgement the stopped workers will ever make has been
+/// applied to the lanes' checkpoints, so a lane may claim its checkpoint again without a
+/// late acknowledgement being lost (a repeat) — see the container task's route edits.
+/// A stopped worker starts no new send; a send in flight ends first (a connection
+/// attempt at once, a syslog write on its own timeout, a bulk request when answered or
+/// given up).
 ///
 /// `credentials` carries the route's resolved credentials. When they change (a Secret
 /// was fixed or rotated) the worker rebuilds its client with them before its next
@@ -93,6 +102,7 @@ pub fn backoff(attempt: u32) -> Duration {
 /// the client it has.
 pub fn spawn(
     tracker: &TaskTracker,
+    own: &TaskTracker,
     sink: &CompiledSink,
     ctx: SinkContext,
     credentials: watch::Receiver<Arc<Credentials>>,
@@ -106,7 +116,7 @@ pub fn spawn(
         credentials,
         pending: false,
     };
-    tracker.spawn(run(client, source, ctx, rx, stop));
+    tracker.spawn(own.track_future(run(client, source, ctx, rx, stop)));
     Ok(tx)
 }
 
@@ -226,6 +236,9 @@ async fn run(
         let mut done = 0;
         let mut attempt = 0;
         loop {
+            if stop.is_cancelled() {
+                break 'receive;
+            }
             if let Some(renewed) = source.renewed(&ctx, &stop) {
                 client = renewed;
             }

@@ -6,10 +6,12 @@
 //! connections) across updates; when only its credentials changed, the workers get the
 //! new ones and use them from their next attempt, so a batch held back by a wrong
 //! password is sent once the Secret is fixed. A route whose document changed gets new
-//! workers and the old ones stop at once: what they had queued is not sent with the old
-//! settings (say, to an address the user just corrected) but re-read by each lane from
-//! its checkpoint and sent with the new ones — nothing stranded, nothing repeated. A
-//! route that leaves the table stops its workers the same way.
+//! workers and the old ones stop: they start no new send (a send in flight ends first),
+//! and what they had queued is not sent with the old settings (say, to an address the
+//! user just corrected) but re-read by each lane from its checkpoint and sent with the
+//! new ones. Lanes re-claim their checkpoints only once the old workers have ended, so
+//! nothing is stranded and nothing repeated. A route that leaves the table stops its
+//! workers the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct ActiveRoute {
     /// Cancelled when the route leaves the table: its workers stop at once (what they
     /// had queued is re-read from the lanes' checkpoints if the route comes back).
     stop: CancellationToken,
+    /// This version's sink workers (closed once they are spawned).
+    workers: TaskTracker,
 }
 
 impl ActiveRoute {
@@ -81,7 +85,15 @@ impl ActiveRoute {
             filtered,
             credentials: watch::Sender::new(Arc::default()),
             stop: CancellationToken::new(),
+            workers: closed_tracker(),
         }
+    }
+
+    /// Resolves once this version's sink workers have ended, after the route left the
+    /// table or was replaced: from then on no acknowledgement of theirs can move a lane's
+    /// checkpoint, so lanes may re-claim their checkpoints and resume from them.
+    pub async fn retired(&self) {
+        self.workers.wait().await
     }
 
     pub fn filtered(&self, why: Filtered) -> &IntCounter {
@@ -104,6 +116,12 @@ impl RouteTable {
             .map(|s| s.queue.max_capacity() - s.queue.capacity())
             .sum()
     }
+}
+
+fn closed_tracker() -> TaskTracker {
+    let t = TaskTracker::new();
+    t.close();
+    t
 }
 
 /// How long after a route's removal its series are removed a second time.
@@ -210,15 +228,19 @@ impl RouteTableManager {
         m.routes_loaded
             .with_label_values(&["rejected"])
             .set(rejected as i64);
-        let routes = self.current.values().map(|(_, a)| a.clone()).collect();
-        self.tx.send_replace(Arc::new(RouteTable { routes }));
-        self.synced.send_replace(true);
+        // Old workers are told to stop before the lanes hear of the change; each lane
+        // waits for them to end (`ActiveRoute::retired`) before it claims its checkpoint.
         for old in replaced {
             old.stop.cancel();
         }
-        for (key, (_, active)) in removed {
+        for (key, (_, active)) in &removed {
             tracing::info!(route = %key, "route removed; its sink workers stop");
             active.stop.cancel();
+        }
+        let routes = self.current.values().map(|(_, a)| a.clone()).collect();
+        self.tx.send_replace(Arc::new(RouteTable { routes }));
+        self.synced.send_replace(true);
+        for (key, _) in removed {
             self.forget_series(key);
         }
     }
@@ -258,6 +280,7 @@ impl RouteTableManager {
         let (credentials_tx, credentials_rx) = watch::channel(credentials.clone());
         let m = &self.settings.metrics;
         let mut sinks = Vec::new();
+        let workers = TaskTracker::new();
         for sink in &input.document.sinks {
             let ctx = SinkContext {
                 route: key.to_string(),
@@ -268,6 +291,7 @@ impl RouteTableManager {
             };
             let queue = worker::spawn(
                 &self.settings.workers,
+                &workers,
                 sink,
                 ctx,
                 credentials_rx.clone(),
@@ -296,6 +320,8 @@ impl RouteTableManager {
         let mut route = ActiveRoute::new(key, matcher, sinks, m);
         route.credentials = credentials_tx;
         route.stop = stop;
+        workers.close();
+        route.workers = workers;
         Ok(route)
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
+use tokio_util::sync::CancellationToken;
 
 use encode::Encoder;
 pub use encode::SD_ID;
@@ -78,6 +79,8 @@ pub enum SyslogError {
     },
     #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
     Write { addr: String, source: io::Error },
+    #[error("stopped connecting to syslog receiver {addr}: the sink is shutting down")]
+    ShuttingDown { addr: String },
     #[error("not connecting to syslog receiver {addr}: {source}")]
     Egress {
         addr: String,
@@ -99,6 +102,7 @@ impl SyslogError {
             SyslogError::Handshake { .. } => "tls",
             SyslogError::Write { .. } => "write",
             SyslogError::Egress { .. } => "egress_refused",
+            SyslogError::ShuttingDown { .. } => "shutdown",
         }
     }
 }
@@ -153,6 +157,9 @@ pub struct SyslogSink {
     ends: Vec<usize>,
     cut: Vec<bool>,
     metrics: Metrics,
+    /// Cancelled when the worker stops: a connection attempt (nothing written yet) is
+    /// given up at once; a write in progress finishes or fails on its own.
+    shutdown: CancellationToken,
 }
 
 /// Keep the batch buffer across sends unless one huge batch blew it up.
@@ -215,7 +222,12 @@ impl SyslogSink {
             ends: Vec::new(),
             cut: Vec::new(),
             metrics: Metrics::new(ctx),
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    pub fn set_shutdown(&mut self, token: CancellationToken) {
+        self.shutdown = token;
     }
 
     /// Send a batch. On failure the first `accepted` records were written whole; the
@@ -265,7 +277,12 @@ impl SyslogSink {
         let mut conn = match open {
             Some(conn) => conn,
             None => {
-                let conn = Connection::open(&self.target).await.map_err(|e| (0, e))?;
+                let conn = tokio::select! {
+                    conn = Connection::open(&self.target) => conn.map_err(|e| (0, e))?,
+                    () = self.shutdown.cancelled() => {
+                        return Err((0, SyslogError::ShuttingDown { addr: self.target.display.clone() }));
+                    }
+                };
                 self.connections += 1;
                 if self.connections > 1 {
                     self.metrics.reconnects.inc();
