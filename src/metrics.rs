@@ -121,6 +121,9 @@ pub struct AgentMetrics {
     pub egress_refused: IntCounterVec,
     /// `route`, `sink`.
     pub queue_depth: IntGaugeVec,
+    /// `route`, `sink`: bytes of records waiting in a sink queue or in the batch being
+    /// sent (bounded by the queue's share of `--queue-bytes`).
+    pub queue_bytes: IntGaugeVec,
     /// `route`, `sink`: seconds the sink is behind, the worst of its containers: newest
     /// line read from the container minus newest record the sink accepted.
     pub sink_lag_seconds: GaugeVec,
@@ -251,6 +254,12 @@ impl AgentMetrics {
                 "Records waiting in a sink queue",
                 &["route", "sink"],
             ),
+            queue_bytes: gauge(
+                reg,
+                "logroute_agent_queue_bytes",
+                "Bytes of records waiting in a sink queue or in the batch being sent",
+                &["route", "sink"],
+            ),
             sink_lag_seconds: {
                 let g = GaugeVec::new(
                     Opts::new(
@@ -360,6 +369,7 @@ impl AgentMetrics {
         forget(&self.records_cut, route);
         forget(&self.sink_reconnects, route);
         forget(&self.queue_depth, route);
+        forget(&self.queue_bytes, route);
         forget(&self.sink_lag_seconds, route);
         forget(&self.lanes_detached, route);
         forget(&self.send_latency, route);

@@ -901,6 +901,10 @@ fn non_default_values_reach_the_workloads() {
         Some("4096")
     );
     assert_eq!(
+        env_value(a, "LOGROUTE_QUEUE_BYTES").as_deref(),
+        Some("33554432")
+    );
+    assert_eq!(
         env_value(a, "HTTPS_PROXY").as_deref(),
         Some("http://proxy.example.com:3128")
     );

@@ -885,7 +885,7 @@ async fn shutdown_interrupts_a_send() {
 
 /// A sink worker for one Elasticsearch sink, fed as the agent's lanes feed it.
 struct Worker {
-    queue: tokio::sync::mpsc::Sender<Queued>,
+    queue: worker::SinkQueue,
     lane: Arc<LaneCheckpoint>,
     checkpoints: Arc<Checkpoints>,
     metrics: AgentMetrics,
@@ -915,7 +915,10 @@ impl Worker {
             &sink,
             ctx,
             credentials,
-            capacity,
+            worker::QueueBounds {
+                records: capacity,
+                bytes: std::sync::Arc::new(worker::QueueBytes::new(usize::MAX, None)),
+            },
             stop.clone(),
         )
         .expect("sink worker");

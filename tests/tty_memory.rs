@@ -1,6 +1,11 @@
-//! A TTY container writing one enormous line: memory stays bounded by
-//! `--max-line-bytes`, the cut is forwarded and counted, and the next line arrives; for
-//! the reader alone (this process's peak RSS) and for the agent binary (its peak RSS).
+//! Memory bounds the agent promises (README "Memory"), measured as peak RSS:
+//!
+//! - A TTY container writing one enormous line: memory stays bounded by
+//!   `--max-line-bytes`, the cut is forwarded and counted, and the next line arrives; for
+//!   the reader alone (this process's peak RSS) and for the agent binary (its peak RSS).
+//! - A route whose receiver stopped taking records, fed 1 MiB lines: its queue stays
+//!   within its share of `--queue-bytes`, another route keeps flowing, and once the
+//!   receiver is back every line arrives exactly once (read again from Docker).
 //!
 //! In their own test binary, one at a time, so that the peaks measured are the tests'.
 
@@ -17,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use support::agent_proc::AgentProc;
 use support::docker::{Spec, TestContainer, pod_labels, pod_uid};
 use support::rsyslog::Rsyslog;
+use support::suspend::{listener_pid, set_suspended};
 
 /// Taken by every test of this file.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -201,5 +207,142 @@ async fn the_agent_forwards_a_200_mb_tty_line_cut_with_bounded_memory() {
     assert!(
         growth < AGENT_RSS_BOUND_KIB,
         "the agent's peak RSS grew by {growth} KiB, expected under {AGENT_RSS_BOUND_KIB} KiB"
+    );
+}
+
+/// Lines of the stalled tenant: numbered, each just under 1 MiB.
+const BIG_LINES: usize = 150;
+const BIG_LINE_BYTES: usize = 1_000_000;
+/// Lines of the other route's container.
+const SMALL_LINES: usize = 2_000;
+/// The agent's queue budget in this test: 16 MiB for both routes' queues together.
+const QUEUE_BYTES: usize = 16 << 20;
+/// Peak RSS growth allowed: the stalled queue's share (8 MiB) plus the batch its worker
+/// holds and has encoded (at most the same again), the container's reader hand-off
+/// (8 batches of at most ~1 MiB + one line) and allocator slack. Without the byte bound
+/// the stalled queue alone held all 150 lines (about 150 MB).
+const BUDGET_RSS_BOUND_KIB: u64 = 80 * 1024;
+
+const TWO_ROUTES: &str = r#"
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {name: big, namespace: "{big}"}
+spec:
+  sinks:
+  - name: stalled
+    syslog: {address: "127.0.0.1:{stalled}", maxMessageBytes: 1048576}
+---
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {name: small, namespace: "{small}"}
+spec:
+  sinks:
+  - name: live
+    syslog: {address: "127.0.0.1:{live}"}
+"#;
+
+#[tokio::test]
+async fn a_stalled_route_of_1_mib_lines_stays_within_its_queue_share_and_others_flow() {
+    let _serial = SERIAL.lock().await;
+    let Some(docker) = support::docker::docker().await else {
+        return;
+    };
+    let Some(stalled) = Rsyslog::start_or_skip() else {
+        return;
+    };
+    let live = Rsyslog::start().expect("second rsyslog");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (big, small) = (
+        format!("big-{}", std::process::id()),
+        format!("small-{}", std::process::id()),
+    );
+    let routes = dir.path().join("routes.yaml");
+    let text = TWO_ROUTES
+        .replace("{big}", &big)
+        .replace("{small}", &small)
+        .replace("{stalled}", &stalled.tcp_port.to_string())
+        .replace("{live}", &live.tcp_port.to_string());
+    std::fs::write(&routes, text).expect("write routes");
+    let queue_bytes = QUEUE_BYTES.to_string();
+    let agent = AgentProc::start(
+        dir.path(),
+        &routes,
+        &[("LOGROUTE_QUEUE_BYTES", queue_bytes.as_str())],
+    );
+    let pid = agent.pid().expect("agent pid").to_string();
+    let receiver = listener_pid(stalled.tcp_port).expect("stalled rsyslog's pid");
+    set_suspended(receiver, true);
+    let baseline = reset_peak(&pid);
+
+    let fill = BIG_LINE_BYTES - 8;
+    let big_script = format!(
+        "i=1; while [ $i -le {BIG_LINES} ]; do printf '%07d ' $i; head -c {fill} /dev/zero | tr '\\0' x; echo; i=$((i+1)); done"
+    );
+    let small_script = format!(
+        "i=1; while [ $i -le {SMALL_LINES} ]; do echo small-$i; i=$((i+1)); usleep 2000; done"
+    );
+    let big_c = TestContainer::run(
+        &docker,
+        Spec::sh(big_script).labels(pod_labels(&big, "big", &pod_uid(), "app")),
+    )
+    .await;
+    let _small_c = TestContainer::run(
+        &docker,
+        Spec::sh(small_script).labels(pod_labels(&small, "small", &pod_uid(), "app")),
+    )
+    .await;
+
+    // The other route flows while the tenant's receiver takes nothing.
+    let got = live.wait_for(SMALL_LINES, Duration::from_secs(120));
+    let small_msgs: Vec<String> = got
+        .iter()
+        .map(|r| r.msg.clone())
+        .filter(|m| m.starts_with("small-"))
+        .collect();
+    let expected: Vec<String> = (1..=SMALL_LINES).map(|i| format!("small-{i}")).collect();
+    assert!(
+        small_msgs == expected,
+        "the other route got {} of {SMALL_LINES} lines (in order: {}) while the tenant's receiver was stalled; agent log:\n{}",
+        small_msgs.len(),
+        small_msgs.len() == SMALL_LINES,
+        agent.log()
+    );
+    big_c.wait_exit(Duration::from_secs(120)).await;
+    // Let the agent read all of the big container's log while the receiver is stalled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.metric("logroute_agent_lanes_detached") < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = status_kib(&pid, "VmHWM");
+    let growth = peak.saturating_sub(baseline);
+    let queued = agent.metric("logroute_agent_queue_bytes");
+    eprintln!(
+        "stalled route, {BIG_LINES} x {BIG_LINE_BYTES} B lines, --queue-bytes {QUEUE_BYTES}: VmHWM {baseline} KiB -> {peak} KiB (+{growth} KiB); queue bytes now {queued}"
+    );
+    assert!(
+        growth < BUDGET_RSS_BOUND_KIB,
+        "the agent's peak RSS grew by {growth} KiB with a stalled route, expected under {BUDGET_RSS_BOUND_KIB} KiB; agent log:\n{}",
+        agent.log()
+    );
+
+    // The receiver is back: every big line arrives once, in order.
+    set_suspended(receiver, false);
+    let got = stalled.wait_for(BIG_LINES, Duration::from_secs(180));
+    let numbers: Vec<usize> = got
+        .iter()
+        .filter_map(|r| r.msg.get(..7)?.parse().ok())
+        .collect();
+    let expected: Vec<usize> = (1..=BIG_LINES).collect();
+    assert!(
+        numbers == expected,
+        "after the stall the tenant's receiver got lines {:?}... ({} in all), expected 1..={BIG_LINES} once each; agent log:\n{}",
+        numbers.iter().take(20).collect::<Vec<_>>(),
+        numbers.len(),
+        agent.log()
+    );
+    assert!(
+        got.iter().all(|r| r.msg.len() == BIG_LINE_BYTES),
+        "every line arrives whole"
     );
 }

@@ -22,7 +22,7 @@ use crate::agent::pods::{self, PodCache};
 use crate::agent::routes::{ActiveRoute, RouteTable};
 use crate::api::EXCLUDE_KEY;
 use crate::record::{ContainerInfo, Timestamp};
-use crate::sink::worker::Queued;
+use crate::sink::worker::{ENTRY_OVERHEAD, SinkQueue};
 
 /// How often lanes waiting to catch up look for room in their sink's queue.
 const CATCHUP_POLL: Duration = Duration::from_millis(100);
@@ -406,7 +406,7 @@ impl Following {
     fn start_catchups(&mut self) {
         for lane in &mut self.lanes {
             let queue = lane.sink().queue.clone();
-            if queue.capacity() < queue.max_capacity() / 2 {
+            if !queue.half_empty() {
                 continue;
             }
             let Some(d) = lane.detached_mut() else {
@@ -610,7 +610,7 @@ async fn catch_up(
     container: DockerContainer,
     from: Cursor,
     (lane, generation): (u64, u64),
-    queue: mpsc::Sender<Queued>,
+    queue: SinkQueue,
     out: mpsc::Sender<CatchMsg>,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -641,9 +641,13 @@ async fn catch_up(
     // Ok(true): the queue stayed full for CATCHUP_STALL; the read is stopped.
     let forward = async {
         while let Some(lines) = rx.recv().await {
-            let room = (lines.len() + 1).min(queue.max_capacity());
+            let entries = lines.len() + 1;
+            let bytes = lines
+                .iter()
+                .map(|l| l.message.len() + ENTRY_OVERHEAD)
+                .sum::<usize>();
             let stalled = Instant::now() + CATCHUP_STALL;
-            while queue.capacity() < room {
+            while !queue.has_room(entries, bytes) {
                 if Instant::now() >= stalled {
                     stop.cancel();
                     return true;

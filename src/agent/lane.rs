@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::checkpoint::LaneCheckpoint;
@@ -472,7 +471,8 @@ impl Lane {
                 self.held = self.held.saturating_sub(lines);
                 Ok(())
             }
-            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => Err(Full),
+            // Full by entries or by bytes, or closed (the route is being replaced).
+            Err(_) => Err(Full),
         }
     }
 
@@ -661,7 +661,7 @@ spec:
             .expect("route compiles");
         let document = inputs.into_values().next().expect("one route").document;
         let metrics = AgentMetrics::new(&prometheus::Registry::new());
-        let (queue, rx) = mpsc::channel(capacity);
+        let (queue, rx) = crate::sink::worker::SinkQueue::channel(capacity, usize::MAX);
         let sink = SinkHandle {
             name: "out".into(),
             queue,

@@ -78,6 +78,12 @@ pub struct AgentArgs {
     /// catches up from Docker later, while the container's other sinks stay live.
     #[arg(long, env = "LOGROUTE_QUEUE_RECORDS", default_value_t = 8192)]
     pub queue_records: usize,
+    /// Bytes of records the agent buffers, all (route, sink) queues together: each
+    /// queue gets an even share (never less than --max-line-bytes), so one route whose
+    /// sink stopped taking records cannot take the node's memory, whatever its lines
+    /// weigh. A queue over its share falls behind like a full one.
+    #[arg(long, env = "LOGROUTE_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub queue_bytes: usize,
     /// Docker log streams open at once to catch lagging sinks up, agent-wide. Lagging
     /// (container, sink) lanes beyond it wait holding only their cursor, so memory stays
     /// bounded however many sinks lag.
@@ -186,6 +192,8 @@ impl Agent {
             metrics: metrics.clone(),
             node: node.clone(),
             queue_records: args.queue_records,
+            queue_bytes: args.queue_bytes,
+            queue_floor: args.max_line_bytes + crate::sink::worker::ENTRY_OVERHEAD,
             stop: sink_stop.clone(),
             workers: workers.clone(),
         });

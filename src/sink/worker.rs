@@ -29,8 +29,10 @@ use crate::record::{LogPosition, Record};
 use crate::route::document::CompiledSink;
 pub use batching::Batching;
 use batching::{Carried, gather};
+pub use queue::{ENTRY_OVERHEAD, QueueBounds, QueueBytes, SinkQueue};
 
 mod batching;
+mod queue;
 
 /// Most records handed to a syslog or stdout sink in one batch.
 pub const MAX_BATCH: usize = 1024;
@@ -106,18 +108,19 @@ pub fn spawn(
     sink: &CompiledSink,
     ctx: SinkContext,
     credentials: watch::Receiver<Arc<Credentials>>,
-    capacity: usize,
+    QueueBounds { records, bytes }: QueueBounds,
     stop: CancellationToken,
-) -> Result<mpsc::Sender<Queued>, SinkError> {
+) -> Result<SinkQueue, SinkError> {
     let client = build_client(sink, &ctx, credentials.borrow().clone(), &stop)?;
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (tx, rx) = mpsc::channel(records.max(1));
+    let queue = SinkQueue::new(tx, bytes.clone());
     let source = ClientSource {
         sink: sink.clone(),
         credentials,
         pending: false,
     };
-    tracker.spawn(own.track_future(run(client, source, ctx, rx, stop)));
-    Ok(tx)
+    tracker.spawn(own.track_future(run(client, source, ctx, rx, bytes, stop)));
+    Ok(queue)
 }
 
 fn build_client(
@@ -200,6 +203,7 @@ async fn run(
     mut source: ClientSource,
     ctx: SinkContext,
     mut rx: mpsc::Receiver<Queued>,
+    bytes: Arc<QueueBytes>,
     stop: CancellationToken,
 ) {
     let kind = client.kind();
@@ -285,6 +289,7 @@ async fn run(
                 _ = stop.cancelled() => break 'receive,
             }
         }
+        bytes.release(batch.iter().map(queue::weight).sum());
         batch.clear();
     }
     depth.set(0);

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +26,7 @@ use crate::metrics::AgentMetrics;
 use crate::record::Timestamp;
 use crate::route::CompiledRoute;
 use crate::route::matcher::{Filtered, RouteMatcher};
-use crate::sink::worker::{self, Queued};
+use crate::sink::worker::{self, QueueBounds, QueueBytes, SinkQueue};
 use crate::sink::{Credentials, SinkContext};
 
 /// A compiled route and the credentials its sinks need.
@@ -39,7 +39,7 @@ pub struct RouteInput {
 /// One sink of an active route: its queue and the route's pre-resolved counter.
 pub struct SinkHandle {
     pub name: String,
-    pub queue: mpsc::Sender<Queued>,
+    pub queue: SinkQueue,
     pub routed: IntCounter,
     /// Lanes of this sink that fell behind (`logroute_agent_lanes_detached`).
     pub detached: IntGauge,
@@ -113,8 +113,20 @@ impl RouteTable {
         self.routes
             .iter()
             .flat_map(|r| &r.sinks)
-            .map(|s| s.queue.max_capacity() - s.queue.capacity())
+            .map(|s| s.queue.len())
             .sum()
+    }
+
+    /// Give each (route, sink) queue its share of the agent's byte budget: `budget`
+    /// split evenly, but never less than `floor` (one line of the longest length the
+    /// agent keeps whole, so any line can wait in any queue).
+    fn share_budget(&self, budget: usize, floor: usize) -> usize {
+        let queues = self.routes.iter().map(|r| r.sinks.len()).sum::<usize>();
+        let share = (budget / queues.max(1)).max(floor);
+        for sink in self.routes.iter().flat_map(|r| &r.sinks) {
+            sink.queue.set_limit(share);
+        }
+        share
     }
 }
 
@@ -133,6 +145,10 @@ pub struct SinkSettings {
     pub metrics: AgentMetrics,
     pub node: String,
     pub queue_records: usize,
+    /// The agent's budget for queued records, in bytes, shared by every (route, sink)
+    /// queue (`--queue-bytes`), and the least share of one queue.
+    pub queue_bytes: usize,
+    pub queue_floor: usize,
     pub stop: CancellationToken,
     /// Every sink worker, so that shutdown can wait for them before the final sync.
     pub workers: TaskTracker,
@@ -238,7 +254,10 @@ impl RouteTableManager {
             active.stop.cancel();
         }
         let routes = self.current.values().map(|(_, a)| a.clone()).collect();
-        self.tx.send_replace(Arc::new(RouteTable { routes }));
+        let table = RouteTable { routes };
+        let share = table.share_budget(self.settings.queue_bytes, self.settings.queue_floor);
+        tracing::debug!(share, "queue byte limit of each (route, sink)");
+        self.tx.send_replace(Arc::new(table));
         self.synced.send_replace(true);
         for (key, _) in removed {
             self.forget_series(key);
@@ -289,13 +308,20 @@ impl RouteTableManager {
                 credentials: credentials.clone(),
                 node: self.settings.node.clone(),
             };
+            let bytes = Arc::new(QueueBytes::new(
+                self.settings.queue_bytes,
+                Some(m.queue_bytes.with_label_values(&[key, &sink.name])),
+            ));
             let queue = worker::spawn(
                 &self.settings.workers,
                 &workers,
                 sink,
                 ctx,
                 credentials_rx.clone(),
-                self.settings.queue_records,
+                QueueBounds {
+                    records: self.settings.queue_records,
+                    bytes,
+                },
                 stop.clone(),
             )
             .map_err(|e| {

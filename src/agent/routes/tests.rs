@@ -36,6 +36,8 @@ fn manager(metrics: &AgentMetrics) -> (RouteTableManager, watch::Receiver<Arc<Ro
         metrics: metrics.clone(),
         node: "node-1".into(),
         queue_records: 16,
+        queue_bytes: 10_000,
+        queue_floor: 1_000,
         stop: CancellationToken::new(),
         workers: TaskTracker::new(),
     })
@@ -113,4 +115,37 @@ async fn routes_from_the_cluster_start_their_sinks_at_the_routes_creation() {
         "a route's sinks start at its creationTimestamp"
     );
     assert!(since.is_some());
+}
+
+#[tokio::test]
+async fn the_byte_budget_is_shared_evenly_by_every_queue_and_retired_workers_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = AgentMetrics::new(&Registry::new());
+    let (mut m, table) = manager(&metrics);
+    m.apply(inputs(dir.path(), STDOUT_A));
+    let one = table.borrow().routes[0].clone();
+    assert_eq!(one.sinks[0].queue.bytes().limit(), 10_000, "one queue: all");
+
+    m.apply(inputs(dir.path(), &format!("{STDOUT_A}{STDOUT_B}")));
+    let two = table.borrow().routes[0].clone();
+    for sink in &two.sinks {
+        assert_eq!(sink.queue.bytes().limit(), 5_000, "two queues: half each");
+    }
+    // The replaced version's workers were told to stop and end.
+    tokio::time::timeout(std::time::Duration::from_secs(5), one.retired())
+        .await
+        .expect("the old version's workers end");
+
+    // Many queues: never below the floor (one longest line).
+    let mut many = BTreeMap::new();
+    for i in 0..20 {
+        let mut routes = inputs(dir.path(), STDOUT_A);
+        let (_, mut input) = routes.pop_first().expect("one route");
+        input.document.route.name = format!("r{i}");
+        many.insert(format!("default/r{i}"), input);
+    }
+    m.apply(many);
+    for route in &table.borrow().routes {
+        assert_eq!(route.sinks[0].queue.bytes().limit(), 1_000, "floor");
+    }
 }
