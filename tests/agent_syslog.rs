@@ -342,6 +342,63 @@ spec:
     );
 }
 
+/// Filters judge a long line by its first 64 KiB, and lines of 4 KiB and more are
+/// matched off the async worker (the agent runs on a multi-thread runtime here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_are_filtered_by_their_beginning() {
+    let routes = r#"
+apiVersion: logroute.dev/v1alpha1
+kind: LogRoute
+metadata: {name: long-errors, namespace: "{ns}"}
+spec:
+  filter: {include: ERROR, exclude: healthz}
+  sinks: [{name: s, syslog: {address: "127.0.0.1:{tcp}", maxMessageBytes: 524288}}]
+"#;
+    let Some(mut h) = start("longfilter", routes, None).await else {
+        return;
+    };
+    let a = h.pod("pod-long", &[("app", "long")], &[]);
+    let _c = h
+        .run(
+            &a,
+            "main",
+            "printf 'ERROR '; head -c 5000 /dev/zero | tr '\\0' a; echo; \
+             head -c 70000 /dev/zero | tr '\\0' b; echo ' ERROR'; \
+             printf 'ERROR '; head -c 70000 /dev/zero | tr '\\0' c; echo ' healthz'; \
+             echo 'ERROR healthz'; echo 'ERROR end'",
+        )
+        .await;
+    let got = h.rsyslog.wait_for(3, WAIT);
+    let msgs: Vec<&str> = got.iter().map(|r| r.msg.as_str()).collect();
+    let expected = [
+        format!("ERROR {}", "a".repeat(5000)),
+        format!("ERROR {} healthz", "c".repeat(70000)),
+        "ERROR end".to_string(),
+    ];
+    assert_eq!(
+        msgs.len(),
+        3,
+        "got {:?}",
+        msgs.iter()
+            .map(|m| &m[..m.len().min(40)])
+            .collect::<Vec<_>>()
+    );
+    for (m, e) in msgs.iter().zip(&expected) {
+        assert!(
+            m == e,
+            "expected {}… ({} bytes), got {}… ({} bytes)",
+            &e[..e.len().min(40)],
+            e.len(),
+            &m[..m.len().min(40)],
+            m.len()
+        );
+    }
+    assert!(
+        h.metric("logroute_agent_records_filtered_total") >= 2.0,
+        "the line with ERROR past 64 KiB and 'ERROR healthz' are counted as filtered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn own_output_and_opted_out_containers_are_never_forwarded() {
     let Some(mut h) = start("optout", ONE_ROUTE_TCP, Some("logroute-agent-x")).await else {

@@ -773,6 +773,31 @@ async fn gzip_bodies_are_compressed() {
     assert_each_once(&stored_once(&server), &batch);
 }
 
+/// Bodies from 64 KiB up are compressed on the blocking pool: they arrive whole and
+/// decompress to every document.
+#[tokio::test]
+async fn large_gzip_bodies_are_compressed_whole() {
+    let server = BulkServer::start().await;
+    let c = pod_container("j2", "api-1", &[]);
+    let batch: Vec<_> = (0..600)
+        .map(|i| record(&c, i, format!("large gzip line {i} {}", "p".repeat(400))))
+        .collect();
+    let mut cfg = config(&[&server.url()], "logs-fault");
+    cfg.compression = Compression::Gzip;
+    cfg.max_events = 300;
+    let (mut sink, _) = sink(cfg, Credentials::new());
+    expect_ok(sink.send(&batch, &read_positions(&batch)).await);
+    let requests = server.requests();
+    assert!(
+        requests.len() >= 2
+            && requests
+                .iter()
+                .all(|r| r.gzip && r.status == 200 && r.bytes >= 64 * 1024),
+        "expected gzip requests of 64 KiB and more: {requests:?}"
+    );
+    assert_each_once(&stored_once(&server), &batch);
+}
+
 #[tokio::test]
 async fn a_dead_endpoint_fails_over_to_the_next() {
     let server = BulkServer::start().await;

@@ -8,6 +8,20 @@
 //! yet: the file is msync'd every `--checkpoint-sync-ms` (and at shutdown), so a node
 //! crash may repeat up to that much of each sink's stream, never lose it.
 //!
+//! The sync never holds the store's mutex while it waits for the disk: sink workers
+//! advance their lanes under that mutex on async worker threads, and an msync of a
+//! slow or busy disk can take far longer than a batch. It writes the heartbeat under the
+//! lock (a memcpy), then, without the lock, has the kernel write the file's dirty pages
+//! back with `fdatasync` on a second handle of the file. On Linux that is what
+//! `msync(MS_SYNC)` of the mapping does (both end in `vfs_fsync_range` over the file's
+//! page cache, which the mapping shares), and the file handle, unlike the mapping, stays
+//! valid while the map grows and is remapped. Writing pages back while lanes keep
+//! writing gives up no guarantee: the kernel writes dirty pages back whenever it likes
+//! anyway, so a copy may always reach the disk half-written — which is what the two
+//! copies per block below are for. (On a device that needs stable pages during
+//! write-back, a store into a page being written waits for it, lock or no lock; that is
+//! the price of the memory map.)
+//!
 //! Layout (`checkpoints.v1`): blocks of [`BLOCK`] bytes. Block 0 is the header, every
 //! other block one slot. Each block holds two copies of its content ([`COPY`] bytes
 //! each), each with a sequence number and a CRC-32. A write goes to the older copy, so a
@@ -103,6 +117,8 @@ struct Inner {
 pub struct Checkpoints {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Another handle on the file, for writing it back without taking `inner`.
+    sync_file: File,
     lanes: Mutex<Vec<Weak<LaneCheckpoint>>>,
 }
 
@@ -320,8 +336,10 @@ impl Checkpoints {
         if damaged {
             previous = PreviousRun::Damaged;
         }
+        let sync_file = file.try_clone().map_err(io)?;
         let store = Arc::new(Checkpoints {
             path,
+            sync_file,
             inner: Mutex::new(Inner {
                 file,
                 map,
@@ -369,14 +387,32 @@ impl Checkpoints {
         inner.header = (seq + 1, target);
     }
 
-    /// Write the mapped pages back to disk (msync) and the heartbeat before it.
+    /// Write the heartbeat, then the mapped pages back to disk. Blocks for as long as
+    /// the disk takes: call it on a blocking thread. Lanes advance meanwhile (see the
+    /// module documentation).
     pub fn sync(&self) -> Result<(), CheckpointError> {
+        self.sync_with(File::sync_data)
+    }
+
+    /// [`Checkpoints::sync`] with the write-back step given (tests slow it down).
+    fn sync_with(
+        &self,
+        write_back: impl FnOnce(&File) -> std::io::Result<()>,
+    ) -> Result<(), CheckpointError> {
         self.heartbeat(Timestamp::now());
-        let inner = self.lock();
-        inner.map.flush().map_err(|source| CheckpointError::Io {
+        let io = |source| CheckpointError::Io {
             path: self.path.clone(),
             source,
-        })
+        };
+        if cfg!(target_os = "linux") {
+            write_back(&self.sync_file).map_err(io)
+        } else {
+            // Elsewhere only msync of the mapping is known to write it back.
+            let inner = self.lock();
+            inner.map.flush().map_err(io)?;
+            drop(inner);
+            write_back(&self.sync_file).map_err(io)
+        }
     }
 
     /// Container ids that hold at least one slot.
@@ -483,7 +519,8 @@ impl Checkpoints {
             path: self.path.clone(),
             source,
         };
-        inner.map.flush().map_err(io)?;
+        // No msync first: unmapping a shared mapping leaves its dirty pages in the page
+        // cache, which the new mapping and the next sync see.
         inner.file.set_len(((new + 1) * BLOCK) as u64).map_err(io)?;
         inner.map = map(&inner.file, &self.path)?;
         inner.slots.extend((old..new).map(|_| Slot {
@@ -687,6 +724,81 @@ mod tests {
             store.containers().len(),
             INITIAL_SLOTS + 3,
             "c1.. and \"new\""
+        );
+    }
+
+    /// The write-back of a sync is held until the other thread says so: if advancing a
+    /// lane, claiming slots (growing the file) or forgetting a container waited for it,
+    /// they would never finish before the release, which only comes after them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lanes_move_while_a_sync_waits_for_the_disk() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::open(dir.path()).expect("open").checkpoints;
+        let (a, _) = store.lane(ID, "ns/r", "s", cursor(1, 0)).expect("lane");
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let syncing = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.sync_with(|file| {
+                    entered_tx.send(()).expect("test alive");
+                    // Bounded so that a failing test ends.
+                    let _ = released.recv_timeout(Duration::from_secs(120));
+                    file.sync_data()
+                })
+            })
+        };
+        entered
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the sync reached its write-back");
+
+        let (done_tx, done) = mpsc::channel();
+        let moving = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                a.advance(cursor(5, 1));
+                let claimed: Vec<_> = (0..=INITIAL_SLOTS)
+                    .map(|i| {
+                        store
+                            .lane(&format!("c{i}"), "ns/r", "s", cursor(i as i64, 0))
+                            .expect("lane")
+                            .0
+                    })
+                    .collect();
+                claimed[0].advance(cursor(7, 2));
+                store.forget_container("c1");
+                let _ = done_tx.send(());
+                (a, claimed)
+            })
+        };
+        let finished = done.recv_timeout(Duration::from_secs(30));
+        let _ = release.send(());
+        syncing.join().expect("sync thread").expect("sync");
+        let lanes = moving.join().expect("lane thread");
+        assert!(
+            finished.is_ok(),
+            "advance, claim and forget waited for the sync's write-back"
+        );
+        assert_eq!(store.get(ID, "ns/r", "s"), Some(cursor(5, 1)));
+        assert!(
+            store.inner.lock().expect("lock").slots.len() > INITIAL_SLOTS,
+            "the file grew during the sync"
+        );
+        store.sync().expect("sync");
+        drop((lanes, store));
+
+        let store = Checkpoints::open(dir.path()).expect("reopen").checkpoints;
+        assert_eq!(store.get(ID, "ns/r", "s"), Some(cursor(5, 1)));
+        assert_eq!(store.get("c0", "ns/r", "s"), Some(cursor(7, 2)));
+        assert_eq!(store.get("c1", "ns/r", "s"), None);
+        let last = format!("c{INITIAL_SLOTS}");
+        assert_eq!(
+            store.get(&last, "ns/r", "s"),
+            Some(cursor(INITIAL_SLOTS as i64, 0))
         );
     }
 }

@@ -62,7 +62,7 @@ impl Joiner {
             .pending
             .as_ref()
             .is_some_and(|p| p.lines < self.max_lines)
-            && !start.is_match(line);
+            && !crate::route::matcher::is_match_bounded(start, line);
         if continues && let Some(p) = self.pending.as_mut() {
             let j = &mut p.joined;
             if j.message.len() + 1 + line.len() <= self.max_bytes {

@@ -23,9 +23,14 @@ use crate::route::document::{
 use crate::route::egress::{Destination, Scheme, Verdict, url_destination};
 use crate::route::policy::{Policy, RoutePolicy};
 
-/// Largest compiled program a user regex may produce. Rust's regex engine is linear-time,
-/// so the remaining risk is memory; this caps it per pattern.
+/// Largest compiled program a user regex may produce. Rust's regex engine is linear-time;
+/// this caps the memory of each pattern and, with it, its cost per byte of text (see
+/// `route::matcher` for what that cost is and the other bounds on it).
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Cache of each pattern's lazy DFA, per thread that matches with it (the regex crate's
+/// default, made explicit: it is the memory a route's pattern may take on each thread).
+/// A pattern whose DFA outgrows it still matches, on the slower PikeVM.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 2 << 20;
 /// Longest pattern accepted, before compiling it at all.
 pub const REGEX_MAX_LEN: usize = 4096;
 /// Most sinks in one LogRoute.
@@ -342,6 +347,7 @@ impl Compiler<'_, '_> {
         }
         match regex::RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
         {
             Ok(_) => Some(pattern.to_string()),

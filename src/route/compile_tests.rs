@@ -267,6 +267,13 @@ fn invalid_specs_name_field_and_fix() {
         ),
         (
             "payments",
+            "  multiline: {start: '^\\w{40}'}\n  sinks: [{name: a, stdout: {}}]\n",
+            Reason::InvalidSpec,
+            "spec.multiline.start",
+            "compiles to more than 1048576 bytes",
+        ),
+        (
+            "payments",
             "  multiline: {start: '^\\S', maxLines: 0}\n  sinks: [{name: a, stdout: {}}]\n",
             Reason::InvalidSpec,
             "spec.multiline.maxLines",
