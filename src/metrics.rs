@@ -24,6 +24,13 @@ fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounte
     c
 }
 
+fn plain_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
 fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     reg.register(Box::new(g.clone()))
@@ -135,6 +142,11 @@ pub struct AgentMetrics {
     /// Sink worker tasks running: one per (route, sink) in force, plus workers of
     /// replaced or removed routes until they have stopped.
     pub sink_workers: IntGauge,
+    /// Bytes in spill files (lines lagging lanes missed, kept on disk; `--spill-bytes`).
+    pub spill_bytes: IntGauge,
+    /// Lines written to spill files, and read back by catch-ups.
+    pub spill_lines_written: IntCounter,
+    pub spill_lines_read: IntCounter,
     /// `kind`, `route`, `sink`: one send (a batch) from start to acceptance.
     pub send_latency: HistogramVec,
     /// `kind`, `route`, `sink`: Docker timestamp → accepted by the sink.
@@ -278,6 +290,26 @@ impl AgentMetrics {
                 "logroute_agent_lanes_detached",
                 "Container lanes of a sink that fell behind and catch up on their own Docker stream",
                 &["route", "sink"],
+            ),
+            spill_bytes: {
+                let g = IntGauge::new(
+                    "logroute_agent_spill_bytes",
+                    "Bytes in spill files: lines lagging sinks missed, kept on disk",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            spill_lines_written: plain_counter(
+                reg,
+                "logroute_agent_spill_lines_written_total",
+                "Lines written to spill files for lagging sinks",
+            ),
+            spill_lines_read: plain_counter(
+                reg,
+                "logroute_agent_spill_lines_read_total",
+                "Lines read back from spill files by catch-ups",
             ),
             sink_workers: {
                 let g = IntGauge::new(

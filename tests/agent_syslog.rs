@@ -42,6 +42,7 @@ fn args(dir: &std::path::Path, pod_name: Option<&str>) -> AgentArgs {
         shutdown_grace_seconds: 5,
         queue_records: 8192,
         queue_bytes: 64 << 20,
+        spill_bytes: 256 << 20,
         catchup_streams: 8,
         checkpoint_sync_ms: 1000,
         route_grace_seconds: 600,

@@ -20,6 +20,7 @@ use crate::agent::lane::{CatchUp, Lane, Outcome, furthest, reached};
 use crate::agent::pipeline::{AgentContext, resolve_info, resolve_info_now};
 use crate::agent::pods::{self, PodCache};
 use crate::agent::routes::{ActiveRoute, RouteTable};
+use crate::agent::spill::SpillSnapshot;
 use crate::api::EXCLUDE_KEY;
 use crate::record::{ContainerInfo, Timestamp};
 use crate::sink::worker::{ENTRY_OVERHEAD, SinkQueue};
@@ -64,6 +65,8 @@ struct Following {
     generation: u64,
     /// The head has read the whole log: lanes still behind finish on their catch-up.
     head_done: bool,
+    /// Docker removed the container: lanes behind can only catch up from their spills.
+    gone: bool,
     /// Checkpoints of lanes whose route went away (withdrawn, its Secret missing for a
     /// while, or no longer matching): kept for the grace period so that the lane resumes
     /// exactly where its sink stopped if the route comes back.
@@ -78,7 +81,11 @@ struct Parked {
     read: u64,
 }
 
-pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerContainer) {
+pub(super) async fn follow_container(
+    ctx: Arc<AgentContext>,
+    container: DockerContainer,
+    removed: CancellationToken,
+) {
     let pod_ref = pods::pod_ref(&container.labels);
     let mut pod_changes = ctx.pods.as_ref().map(PodCache::changes);
     let mut routes_rx = ctx.routes.clone();
@@ -93,6 +100,7 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
         catch_tx,
         generation: 0,
         head_done: false,
+        gone: false,
         parked: Vec::new(),
     };
     f.start(&routes_rx.borrow_and_update());
@@ -137,10 +145,13 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
                         Ok(Ok(_)) if !ctx.stop.is_cancelled() => {
                             tracing::info!(container = %container.name, "container log read to the end");
                             f.end_live_lanes();
+                            f.settle_gone();
                         }
                         Ok(Err(e @ DockerError::ContainerGone { .. })) => {
                             tracing::warn!(container = %container.name, error = %e, "container removed");
                             f.end_live_lanes();
+                            f.gone = true;
+                            f.settle_gone();
                         }
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => {
@@ -174,7 +185,11 @@ pub(super) async fn follow_container(ctx: Arc<AgentContext>, container: DockerCo
             _ = sleep_until(deadline), if deadline.is_some() => f.flush(false),
             _ = sleep_until(expiry), if expiry.is_some() => f.expire_parked(),
             _ = catchup_tick.tick(), if waiting => f.start_catchups(),
-            _ = ctx.stop.cancelled() => break,
+            _ = removed.cancelled(), if !f.gone => f.container_removed(),
+            _ = ctx.stop.cancelled() => {
+                f.count_gone_at_stop();
+                break;
+            }
         }
     }
     if !reader.is_finished() {
@@ -269,8 +284,15 @@ impl Following {
             match checkpoints.lane(&self.container.id, &route.key, name, start) {
                 Ok((checkpoint, pos)) => {
                     let id = self.ctx.next_lane.fetch_add(1, Ordering::Relaxed);
-                    let mut lane =
-                        Lane::new(id, route, i, checkpoint, pos, self.ctx.read.max_line_bytes);
+                    let mut lane = Lane::new(
+                        id,
+                        route,
+                        i,
+                        checkpoint,
+                        pos,
+                        self.ctx.read.max_line_bytes,
+                        self.ctx.spill.clone(),
+                    );
                     if !reached(&pos, &self.head) {
                         lane.start_detached(self.head);
                     }
@@ -325,10 +347,13 @@ impl Following {
             p.read += lines.len() as u64;
         }
         for line in lines {
+            let before = self.head;
             self.head = furthest(self.head, &line.cursor);
             let mut shared = None;
             for lane in &mut self.lanes {
-                if let Outcome::Detached = lane.head_line(line, &self.info, &mut shared, now) {
+                if let Outcome::Detached =
+                    lane.head_line(line, &before, &self.info, &mut shared, now)
+                {
                     tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue full: this sink falls behind on this container and will catch up from Docker; its other sinks go on");
                 }
             }
@@ -420,21 +445,71 @@ impl Following {
             };
             self.generation += 1;
             let stop = self.ctx.stop.child_token();
+            let spill = lane.spill_snapshot();
             lane.catchup_started(CatchUp {
                 generation: self.generation,
                 stop: stop.clone(),
             });
-            tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "catching up from Docker");
+            let from = if spill.is_some() {
+                "its spill file, then Docker"
+            } else {
+                "Docker"
+            };
+            tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), from, "catching up");
             tokio::spawn(catch_up(
                 self.ctx.clone(),
                 self.container.clone(),
-                lane.pos,
+                Source {
+                    from: lane.pos,
+                    spill,
+                    docker: !self.gone,
+                },
                 (lane.id, self.generation),
                 queue,
                 self.catch_tx.clone(),
                 stop,
                 permit,
             ));
+        }
+    }
+
+    /// Docker removed the container (its head reader may still be reading what dockerd
+    /// had open of the log: lanes behind go on counting and spilling what it reads).
+    fn container_removed(&mut self) {
+        self.gone = true;
+        self.settle_gone();
+    }
+
+    /// Once the container is gone and the head has read all it could: lanes still
+    /// behind whose spills hold the rest of their lines stay, to drain them; the others
+    /// count what they missed as dropped (`removed`) now, instead of when their sinks
+    /// would have had room.
+    fn settle_gone(&mut self) {
+        if !self.gone || !self.head_done {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.lanes.len());
+        for mut lane in std::mem::take(&mut self.lanes) {
+            let running = lane.detached_mut().is_some_and(|d| d.catchup.is_some());
+            if !lane.is_detached() || running || lane.spill_covers_rest() {
+                kept.push(lane);
+                continue;
+            }
+            let lost = lane.lost_at_end();
+            count_lost(&self.ctx, &lane, lost, "removed");
+            tracing::warn!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), lost, "container removed while this sink was behind");
+        }
+        self.lanes = kept;
+    }
+
+    /// The agent stops: spills do not outlive it, so what lanes of a removed container
+    /// still missed is lost.
+    fn count_gone_at_stop(&self) {
+        if !self.gone {
+            return;
+        }
+        for lane in &self.lanes {
+            count_lost(&self.ctx, lane, lane.lost_at_end(), "removed");
         }
     }
 
@@ -495,6 +570,15 @@ impl Following {
                         lane.flush(&self.info, Instant::now(), true);
                         if !lane.is_detached() {
                             self.lanes.swap_remove(at);
+                        }
+                    }
+                    Err(e) if e.is_permanent() && lane.spill_covers_rest() => {
+                        // Docker lost the container while this lane was behind; its
+                        // spill has the rest (or part of it): catch up from there.
+                        tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone; catching up from the spill file");
+                        self.gone = true;
+                        if let Some(d) = lane.detached_mut() {
+                            d.catchup = None;
                         }
                     }
                     Err(e) if e.is_permanent() => {
@@ -576,7 +660,7 @@ fn count_lost(ctx: &AgentContext, lane: &Lane, lost: u64, reason: &'static str) 
     if lost == 0 {
         return;
     }
-    tracing::warn!(route = %lane.route.key, sink = %lane.sink_name(), lost, reason, "lines lost for this sink: Docker no longer had them when it caught up");
+    tracing::warn!(route = %lane.route.key, sink = %lane.sink_name(), lost, reason, "lines lost for this sink: neither Docker nor a spill file had them when it caught up");
     ctx.metrics
         .records_dropped
         .with_label_values(&[&lane.route.key, lane.sink_name(), reason])
@@ -601,14 +685,24 @@ impl Drop for NotCounted {
     }
 }
 
-/// Read the container's log from `from` for one lane and hand it to the container task,
-/// waiting for room in the sink's queue before each batch so that the lane does not
-/// fill it again at once.
+/// Where a catch-up reads from.
+struct Source {
+    /// The lane's position: the catch-up yields the lines after it.
+    from: Cursor,
+    /// The lane's spill, when it holds every line after `from`: read first.
+    spill: Option<SpillSnapshot>,
+    /// Docker still has the container: read it after the spill.
+    docker: bool,
+}
+
+/// Read the container's log after `source.from` for one lane (from its spill, then from
+/// Docker) and hand it to the container task, waiting for room in the sink's queue
+/// before each batch so that the lane does not fill it again at once.
 #[allow(clippy::too_many_arguments)]
 async fn catch_up(
     ctx: Arc<AgentContext>,
     container: DockerContainer,
-    from: Cursor,
+    source: Source,
     (lane, generation): (u64, u64),
     queue: SinkQueue,
     out: mpsc::Sender<CatchMsg>,
@@ -617,15 +711,32 @@ async fn catch_up(
 ) {
     ctx.metrics.catchup_streams.inc();
     let _streaming = Streaming(ctx.metrics.catchup_streams.clone());
-    // `follow` counts itself in `containers_followed`; a catch-up reads a container that
-    // its shared reader already counts, so it takes itself out again.
-    ctx.metrics.containers_followed.dec();
-    let _not_counted = NotCounted(ctx.metrics.containers_followed.clone());
-    let (tx, mut rx) = mpsc::channel::<Vec<LogLine>>(1);
+    let (tx, rx) = mpsc::channel::<Vec<LogLine>>(1);
     let read = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move {
             // `tx` is dropped when the read ends, which ends `forward`.
+            let mut from = source.from;
+            if let Some(spill) = source.spill {
+                let tx = tx.clone();
+                let start = from;
+                match tokio::task::spawn_blocking(move || spill.send_after(start, &tx)).await {
+                    Ok(at) => from = furthest(from, &at),
+                    Err(e) => tracing::error!(error = %e, "spill reader failed"),
+                }
+            }
+            if stop.is_cancelled() {
+                return Ok(from);
+            }
+            if !source.docker {
+                return Err(DockerError::ContainerGone {
+                    container: container.name.clone(),
+                });
+            }
+            // `follow` counts itself in `containers_followed`; a catch-up reads a
+            // container that its shared reader already counts, so it takes itself out.
+            ctx.metrics.containers_followed.dec();
+            let _not_counted = NotCounted(ctx.metrics.containers_followed.clone());
             docker::follow(
                 &ctx.docker,
                 &container,
@@ -638,9 +749,14 @@ async fn catch_up(
             .await
         }
     };
-    // Ok(true): the queue stayed full for CATCHUP_STALL; the read is stopped.
+    // Ok(true): the queue stayed full for CATCHUP_STALL; the read is stopped. It owns the
+    // receiver, so that a spill reader blocked on a send ends once it returns.
     let forward = async {
+        let mut rx = rx;
         while let Some(lines) = rx.recv().await {
+            if stop.is_cancelled() {
+                return false;
+            }
             let entries = lines.len() + 1;
             let bytes = lines
                 .iter()

@@ -27,6 +27,7 @@ use crate::agent::checkpoint::LaneCheckpoint;
 use crate::agent::docker::{Cursor, LogLine, StreamCursor};
 use crate::agent::multiline::{Joined, Joiner};
 use crate::agent::routes::{ActiveRoute, SinkHandle};
+use crate::agent::spill::{Spill, SpillBudget, SpillSnapshot};
 use crate::api::StreamName;
 use crate::record::{ContainerInfo, Record};
 use crate::route::matcher::Filtered;
@@ -111,6 +112,9 @@ pub struct Detached {
     /// Per stream, the furthest line taken in the current catch-up.
     reached: Cursor,
     pub catchup: Option<CatchUp>,
+    /// The lines the head read while the lane was detached, on disk (see
+    /// [`crate::agent::spill`]); opened at the first such line.
+    spill: Option<Box<Spill>>,
     gauge: IntGauge,
 }
 
@@ -149,6 +153,8 @@ pub struct Lane {
     held: u64,
     mode: Mode,
     max_bytes: usize,
+    /// Where detached lanes spill what they miss; `None`: they do not.
+    spill_budget: Option<Arc<SpillBudget>>,
 }
 
 /// What a line did to a lane.
@@ -166,6 +172,7 @@ impl Lane {
         checkpoint: Arc<LaneCheckpoint>,
         pos: Cursor,
         max_bytes: usize,
+        spill_budget: Option<Arc<SpillBudget>>,
     ) -> Self {
         let mut lane = Lane {
             id,
@@ -178,6 +185,7 @@ impl Lane {
             held: 0,
             mode: Mode::Live(None),
             max_bytes,
+            spill_budget,
         };
         lane.reset_joiners();
         lane
@@ -244,14 +252,48 @@ impl Lane {
             counted,
             reached: self.pos,
             catchup: None,
+            spill: None,
             gauge,
         });
     }
 
-    /// A line of the shared head reader.
+    /// Keep a line the head read while the lane is detached in its spill; `before` is
+    /// the head's position before the line (where a new spill is anchored).
+    fn spill(&mut self, line: &LogLine, before: &Cursor) {
+        let Mode::Detached(d) = &mut self.mode else {
+            return;
+        };
+        let Some(budget) = &self.spill_budget else {
+            return;
+        };
+        d.spill
+            .get_or_insert_with(|| Box::new(Spill::create(budget, *before)))
+            .push(line);
+    }
+
+    /// The lane's spill holds every line after its position (and some): a catch-up can
+    /// start with it, and needs Docker only past its end.
+    pub fn spill_covers_rest(&self) -> bool {
+        match &self.mode {
+            Mode::Detached(d) => d.spill.as_ref().is_some_and(|s| s.covers(&self.pos)),
+            Mode::Live(_) => false,
+        }
+    }
+
+    /// What the spill holds now, for a catch-up from the lane's position.
+    pub fn spill_snapshot(&mut self) -> Option<SpillSnapshot> {
+        let pos = self.pos;
+        match &mut self.mode {
+            Mode::Detached(d) => d.spill.as_mut().filter(|s| s.covers(&pos))?.snapshot(),
+            Mode::Live(_) => None,
+        }
+    }
+
+    /// A line of the shared head reader; `before` is the head's position before it.
     pub fn head_line(
         &mut self,
         line: &LogLine,
+        before: &Cursor,
         info: &Arc<ContainerInfo>,
         shared: &mut Option<Arc<Record>>,
         now: Instant,
@@ -267,6 +309,7 @@ impl Lane {
                     d.missed += 1;
                     *d.missed_upto.stream_mut(s) = *own;
                 }
+                self.spill(line, before);
                 return Outcome::Taken;
             }
             Mode::Live(skip) => {
@@ -284,6 +327,7 @@ impl Lane {
             Ok(()) => Outcome::Taken,
             Err(Full) => {
                 self.detach(self.pos);
+                self.spill(line, before);
                 Outcome::Detached
             }
         }
@@ -677,7 +721,11 @@ spec:
         let (checkpoint, pos) = store
             .lane("c1", "ns/r", "out", Cursor::default())
             .expect("slot");
-        (Lane::new(1, route, 0, checkpoint, pos, 1 << 20), rx, dir)
+        (
+            Lane::new(1, route, 0, checkpoint, pos, 1 << 20, None),
+            rx,
+            dir,
+        )
     }
 
     /// Stdout line `n` (stamped second `n`).
@@ -706,7 +754,7 @@ spec:
         let mut feed_head = |lane: &mut Lane, n: i64| {
             let l = nth(n);
             head = furthest(head, &l.cursor);
-            lane.head_line(&l, &info, &mut None, now)
+            lane.head_line(&l, &Cursor::default(), &info, &mut None, now)
         };
         assert!(matches!(feed_head(&mut lane, 1), Outcome::Taken));
         assert!(matches!(feed_head(&mut lane, 2), Outcome::Taken));
@@ -740,8 +788,8 @@ spec:
             vec![("line 5".into(), 5), ("line 6".into(), 6)]
         );
         // Back on the head: a line it already took is skipped, the next one is new.
-        lane.head_line(&nth(6), &info, &mut None, now);
-        lane.head_line(&nth(7), &info, &mut None, now);
+        lane.head_line(&nth(6), &Cursor::default(), &info, &mut None, now);
+        lane.head_line(&nth(7), &Cursor::default(), &info, &mut None, now);
         assert_eq!(drain(&mut rx), vec![("line 7".into(), 7)]);
         assert!(!lane.is_detached());
     }
@@ -751,12 +799,12 @@ spec:
         let (mut lane, mut rx, _dir) = lane(1);
         let info = Arc::new(ContainerInfo::default());
         let now = Instant::now();
-        lane.head_line(&nth(1), &info, &mut None, now);
-        lane.head_line(&nth(2), &info, &mut None, now); // detaches
+        lane.head_line(&nth(1), &Cursor::default(), &info, &mut None, now);
+        lane.head_line(&nth(2), &Cursor::default(), &info, &mut None, now); // detaches
         assert_eq!(drain(&mut rx).len(), 1);
         let head = nth(4).cursor;
-        lane.head_line(&nth(3), &info, &mut None, now);
-        lane.head_line(&nth(4), &info, &mut None, now);
+        lane.head_line(&nth(3), &Cursor::default(), &info, &mut None, now);
+        lane.head_line(&nth(4), &Cursor::default(), &info, &mut None, now);
         lane.catchup_started(CatchUp {
             generation: 1,
             stop: CancellationToken::new(),
@@ -798,7 +846,7 @@ spec:
             text(e, sc(1, 1), sc(2, 1), "e1"),
             text(e, sc(1, 1), sc(3, 1), "E2"),
         ] {
-            lane.head_line(&l, &info, &mut None, now);
+            lane.head_line(&l, &Cursor::default(), &info, &mut None, now);
         }
         let Ok(Queued::Record(r, p)) = rx.try_recv() else {
             panic!("e1 is queued");

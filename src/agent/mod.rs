@@ -11,6 +11,7 @@ pub mod multiline;
 pub mod pipeline;
 pub mod pods;
 pub mod routes;
+pub mod spill;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,12 @@ pub struct AgentArgs {
     /// weigh. A queue over its share falls behind like a full one.
     #[arg(long, env = "LOGROUTE_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub queue_bytes: usize,
+    /// Bytes of spill files in the state directory, all lagging sinks together (one
+    /// lane takes at most a quarter): while a sink lags, the lines it misses are kept
+    /// there too, so that it still gets them after Docker removed the container (a
+    /// deleted pod's last burst). 0 turns spilling off.
+    #[arg(long, env = "LOGROUTE_SPILL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub spill_bytes: u64,
     /// Docker log streams open at once to catch lagging sinks up, agent-wide. Lagging
     /// (container, sink) lanes beyond it wait holding only their cursor, so memory stays
     /// bounded however many sinks lag.
@@ -177,6 +184,13 @@ impl Agent {
         let docker = docker::connect(&args.docker_host)
             .with_context(|| format!("cannot use Docker at {}", args.docker_host))?;
         let opened = Checkpoints::open(&args.state_dir)?;
+        let spill = spill::SpillBudget::open(&args.state_dir, args.spill_bytes, &metrics)
+            .with_context(|| {
+                format!(
+                    "cannot prepare the spill directory in {}",
+                    args.state_dir.display()
+                )
+            })?;
         let checkpoints = opened.checkpoints;
         let restart_floor = restart_floor(opened.previous);
         let start = start_point(opened.previous, Timestamp::now());
@@ -253,6 +267,7 @@ impl Agent {
             checkpoints: checkpoints.clone(),
             catchups: Arc::new(tokio::sync::Semaphore::new(args.catchup_streams.max(1))),
             next_lane: Default::default(),
+            spill,
             stop: stop.clone(),
         });
         let (events_tx, events_rx) = mpsc::channel(1024);

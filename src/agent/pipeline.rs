@@ -48,6 +48,8 @@ pub struct AgentContext {
     pub catchups: Arc<Semaphore>,
     /// Numbers lanes, to route catch-up messages.
     pub next_lane: AtomicU64,
+    /// Where detached lanes keep what they miss (`--spill-bytes`; `None`: disabled).
+    pub spill: Option<Arc<crate::agent::spill::SpillBudget>>,
     pub stop: CancellationToken,
 }
 
@@ -95,17 +97,23 @@ pub async fn manage(
         r = ready.wait_for(|r| *r) => if r.is_err() { return },
         _ = ctx.stop.cancelled() => return,
     }
-    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Each container's task, and the token that tells it Docker removed the container.
+    let mut tasks: HashMap<String, (tokio::task::JoinHandle<()>, CancellationToken)> =
+        HashMap::new();
     // The pod of each workload container seen, to forget a deleted pod's metadata once
     // Docker removed the last of its containers.
     let mut pod_of: HashMap<String, (String, String)> = HashMap::new();
     while let Some(event) = events.recv().await {
-        tasks.retain(|_, t| !t.is_finished());
+        tasks.retain(|_, (t, _)| !t.is_finished());
         let container = match event {
             ContainerEvent::Running(container) => container,
             ContainerEvent::Removed { id } => {
-                // Its log is gone: so are its checkpoints.
+                // Its log is gone: so are its checkpoints. Its task, if it still has
+                // sinks behind, gives them what their spills hold and counts the rest.
                 ctx.checkpoints.forget_container(&id);
+                if let Some((_, removed)) = tasks.get(&id) {
+                    removed.cancel();
+                }
                 if let (Some(pod), Some(cache)) = (pod_of.remove(&id), &ctx.pods)
                     && !pod_of.values().any(|p| *p == pod)
                 {
@@ -127,12 +135,19 @@ pub async fn manage(
         }
         let id = container.id.clone();
         let ctx = ctx.clone();
+        let removed = CancellationToken::new();
+        let gone = removed.clone();
         tasks.insert(
             id,
-            tokio::spawn(async move { container::follow_container(ctx, container).await }),
+            (
+                tokio::spawn(
+                    async move { container::follow_container(ctx, container, gone).await },
+                ),
+                removed,
+            ),
         );
     }
-    for (_, task) in tasks {
+    for (_, (task, _)) in tasks {
         let _ = task.await;
     }
 }
