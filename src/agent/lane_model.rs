@@ -100,7 +100,10 @@ fn documents() -> &'static [CompiledRoute] {
             .iter()
             .map(|s| {
                 let file = dir.path().join("route.yaml");
-                let yaml = format!("apiVersion: logroute.dev/v1alpha1\nkind: LogRoute\n{}", s.yaml);
+                let yaml = format!(
+                    "apiVersion: logroute.dev/v1alpha1\nkind: LogRoute\n{}",
+                    s.yaml
+                );
                 std::fs::write(&file, yaml).expect("write route");
                 crate::agent::routes::load_file(&file, "logroute-system", None)
                     .expect("route compiles")
@@ -216,10 +219,9 @@ impl Reader {
             if e.ts < self.since {
                 continue;
             }
-            let stamp = e
-                .ts
-                .to_datetime()
-                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            let stamp =
+                e.ts.to_datetime()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
             let raw = format!("{stamp} {}\n", e.text);
             let frame = match e.stream {
                 StreamName::Stdout => Frame::Stdout(raw.as_bytes()),
@@ -422,9 +424,11 @@ impl Model {
                     // Never between lines of one stream stamped alike.
                     let e = &self.log.entries;
                     while first > self.log.first
-                        && e[first..]
-                            .iter()
-                            .any(|r| e[..first].iter().any(|g| g.stream == r.stream && g.ts == r.ts))
+                        && e[first..].iter().any(|r| {
+                            e[..first]
+                                .iter()
+                                .any(|g| g.stream == r.stream && g.ts == r.ts)
+                        })
                     {
                         first -= 1;
                     }
@@ -548,11 +552,17 @@ impl Model {
     }
 
     fn table(&self) -> Vec<Arc<ActiveRoute>> {
-        self.routes.iter().filter_map(|r| r.active.clone()).collect()
+        self.routes
+            .iter()
+            .filter_map(|r| r.active.clone())
+            .collect()
     }
 
     fn received(&mut self, key: &str, sink: &str) -> &mut Received {
-        let r = SPECS.iter().position(|s| s.key == key).expect("known route");
+        let r = SPECS
+            .iter()
+            .position(|s| s.key == key)
+            .expect("known route");
         let s = SPECS[r]
             .sinks
             .iter()
@@ -633,8 +643,7 @@ impl Model {
         let (route, sink) = (lane.route.key.clone(), lane.sink_name().to_string());
         let rec = self.received(&route, &sink);
         let got: BTreeSet<usize> = rec.got.iter().copied().collect();
-        rec.resumed
-            .extend((0..read).filter(|i| !got.contains(i)));
+        rec.resumed.extend((0..read).filter(|i| !got.contains(i)));
     }
 
     /// The grace period of every parked lane ends.
@@ -825,7 +834,10 @@ impl Model {
         self.ended = false;
         self.rematch();
         if let Some(first) = self.lanes.first() {
-            let head = self.lanes.iter().fold(first.pos, |h, l| furthest(h, &l.pos));
+            let head = self
+                .lanes
+                .iter()
+                .fold(first.pos, |h, l| furthest(h, &l.pos));
             // The new head reads again what the old one had read past it.
             let again = self.between(head, self.head);
             for rec in self.routes.iter_mut().flat_map(|r| &mut r.received) {
@@ -849,8 +861,8 @@ impl Model {
         }
         self.log.stopped = true;
         for _ in 0..1000 {
-            for r in 0..SPECS.len() {
-                for s in 0..SPECS[r].sinks.len() {
+            for (r, spec) in SPECS.iter().enumerate() {
+                for s in 0..spec.sinks.len() {
                     self.deliver(r, s, usize::MAX);
                 }
             }
@@ -868,12 +880,12 @@ impl Model {
             if self.head_done && !self.lanes.iter().any(Lane::is_detached) && !queued {
                 // A route that did not come back is owed nothing after it went away.
                 self.expire();
-                for r in 0..SPECS.len() {
+                for (r, spec) in SPECS.iter().enumerate() {
                     if self.routes[r].active.is_some() {
                         continue;
                     }
-                    for (s, name) in SPECS[r].sinks.iter().enumerate() {
-                        let at = self.store.get(CONTAINER, SPECS[r].key, name);
+                    for (s, name) in spec.sinks.iter().enumerate() {
+                        let at = self.store.get(CONTAINER, spec.key, name);
                         let rec = &mut self.routes[r].received[s];
                         if rec.expiries.len() < rec.starts.len() {
                             rec.expiries.push(at.unwrap_or_default());
@@ -956,18 +968,25 @@ impl Model {
         let mut last: [Option<usize>; 2] = [None, None];
         let mut last_any = None;
         for &id in &rec.got {
+            let again = (tolerate.ahead && rec.ahead.contains(&id))
+                || (tolerate.withdrawn && rec.starts[1..].iter().any(|s| id < s.from));
             if !seen.insert(id) {
-                if tolerate.ahead && rec.ahead.contains(&id) {
+                if again {
                     continue;
                 }
                 return Err(format!("line {id} received twice"));
             }
-            if !allowed.contains(&id) && !(tolerate.ahead && rec.ahead.contains(&id)) {
+            if !allowed.contains(&id) && !again {
                 return Err(format!("line {id} received but not expected"));
+            }
+            if again {
+                continue;
             }
             let i = usize::from(self.log.entries[id].stream == StreamName::Stderr);
             if last[i].is_some_and(|l| l > id) {
-                return Err(format!("line {id} received after a later line of its stream"));
+                return Err(format!(
+                    "line {id} received after a later line of its stream"
+                ));
             }
             if kind != Kind::Multiline && last_any.is_some_and(|l| l > id) {
                 return Err(format!("line {id} received after a later line"));
@@ -1047,12 +1066,11 @@ impl Model {
         // A route that takes every line counts exactly what it lost (tolerated lines may
         // be counted or not); one that filters also counts lost lines it would have
         // filtered out.
-        let most = rotated.len()
-            + unnoticed.len()
-            + abandoned.len()
-            + same_stamp.len()
-            + withdrawn.len();
-        let over = kind != Kind::StdoutNoX && most < counted as usize;
+        let most =
+            rotated.len() + unnoticed.len() + abandoned.len() + same_stamp.len() + withdrawn.len();
+        let tolerated =
+            !(rec.resumed.is_empty() && rec.ahead.is_empty() && rec.abandoned.is_empty());
+        let over = kind != Kind::StdoutNoX && !tolerated && most < counted as usize;
         if silent || over {
             return Err(format!(
                 "{} lines lost to rotation ({rotated:?}), {counted} counted",
@@ -1081,7 +1099,9 @@ struct Tolerate {
     /// A route withdrawn past its grace period counts the lines the head read while it
     /// was gone, but not those its lane had read before and its sink never accepted
     /// (queued, held in a joiner, or missed while detached), nor those written before
-    /// but read after the grace period: neither delivered nor counted.
+    /// but read after the grace period: neither delivered nor counted. And when it
+    /// comes back after an agent restart whose head starts behind, its new lane starts
+    /// at that head and gets again what its previous lanes delivered.
     withdrawn: bool,
     /// Route changes after the head read the whole log, while some lane still catches
     /// up, are not made: the rematch they cause brings lanes that ended live back from
@@ -1165,4 +1185,135 @@ proptest! {
             return Err(TestCaseError::fail(e));
         }
     }
+}
+
+/// Line writes for the regression cases: stdout or stderr, with a clock step.
+fn lines(spec: &[(bool, u8)]) -> Op {
+    Op::Write(
+        spec.iter()
+            .map(|&(err, step)| (err, step, false, 0))
+            .collect(),
+    )
+}
+
+fn strict(capacity: usize, present: [bool; 3], ops: &[Op]) {
+    if let Err(e) = run(capacity, present, ops, NO_GAPS) {
+        panic!("{e}");
+    }
+}
+
+const ALL: [bool; 3] = [true, false, false];
+
+#[test]
+#[ignore = "bug: lines rotated away between a resumed lane's checkpoint and the head are not counted"]
+fn a_line_rotated_away_before_an_edited_route_resumes_is_counted() {
+    // Line 0 is queued, not accepted; Docker rotates it away; the route is edited and its
+    // lane resumes from its checkpoint (before line 0) detached behind the head, counting
+    // nothing up to the head: line 0 is neither delivered nor counted.
+    strict(
+        1,
+        ALL,
+        &[
+            lines(&[(false, 0)]),
+            Op::HeadRead(1),
+            Op::Rotate(1),
+            Op::Edit {
+                route: 0,
+                deliver: 0,
+            },
+        ],
+    );
+}
+
+#[test]
+#[ignore = "bug: a stopped catch-up counts lines it read past the position as recovered"]
+fn a_line_read_by_a_stopped_catch_up_then_rotated_away_is_counted() {
+    // Both sinks detach on line 1. Sink one's catch-up reads line 1 (counted recovered),
+    // finds its queue full and stops; line 1 is rotated away before the next catch-up,
+    // which finds nothing to read again: missed 1 - recovered 1 = 0 lost.
+    strict(
+        1,
+        ALL,
+        &[
+            lines(&[(false, 0)]),
+            Op::HeadRead(1),
+            lines(&[(false, 1)]),
+            Op::Rotate(1),
+            Op::HeadRead(1),
+            Op::StartCatchups,
+            Op::CatchupStep { which: 0, n: 1 },
+            Op::Rotate(1),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "bug: records queued when a route is withdrawn past its grace period are not counted"]
+fn records_queued_when_a_route_is_withdrawn_for_good_are_counted() {
+    // Line 0 is queued when the route is deleted; its worker stops; the grace period
+    // ends with no line read meanwhile: `withdrawn` counts 0, line 0 was never delivered.
+    strict(
+        2,
+        ALL,
+        &[
+            lines(&[(false, 0)]),
+            Op::HeadRead(1),
+            Op::Delete {
+                route: 0,
+                deliver: 0,
+            },
+            Op::Expire,
+        ],
+    );
+}
+
+#[test]
+#[ignore = "bug: a route change after the head's end brings back lanes that ended, behind records still queued"]
+fn a_route_change_after_the_log_ended_sends_nothing_twice() {
+    // Route "some" queues lines 3-5 and its live lane ends with the log (checkpoint
+    // before line 3), while route "all" still catches up, so the container task goes on.
+    // Another route appears: the rematch brings "some"'s lane back from its checkpoint,
+    // and its catch-up queues lines 3-5 a second time.
+    strict(
+        3,
+        [false; 3],
+        &[
+            lines(&[(false, 0), (false, 0)]),
+            Op::HeadRead(1),
+            lines(&[(false, 0), (false, 0), (false, 0), (false, 0)]),
+            Op::Stop,
+            Op::Readd(0),
+            Op::HeadRead(2),
+            Op::Readd(1),
+            Op::HeadRead(3),
+            Op::HeadRead(1),
+            Op::Readd(2),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "bug: a lane resumed at a checkpoint ahead of the head takes the head's lines up to it again"]
+fn a_lane_resumed_ahead_of_the_head_skips_what_it_had() {
+    // Route "some" is withdrawn (within its grace period) when the agent restarts; the
+    // new head starts at the furthest checkpoint of the routes present, behind "some"'s.
+    // When "some" comes back, its lane resumes at its checkpoint, live, without a skip,
+    // and takes the head's lines up to it again.
+    strict(
+        1,
+        ALL,
+        &[
+            lines(&[(false, 0)]),
+            Op::HeadRead(1),
+            Op::Readd(1),
+            lines(&[(false, 0)]),
+            Op::HeadRead(1),
+            Op::Delete {
+                route: 1,
+                deliver: 0,
+            },
+            lines(&[(false, 0)]),
+            Op::Restart { deliver: 0 },
+        ],
+    );
 }
