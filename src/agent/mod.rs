@@ -7,6 +7,8 @@ pub mod checkpoint;
 mod container;
 pub mod docker;
 pub mod lane;
+#[cfg(test)]
+mod lane_model;
 pub mod multiline;
 pub mod pipeline;
 pub mod pods;
