@@ -31,7 +31,7 @@ use crate::metrics::AgentMetrics;
 use crate::record::{ContainerInfo, Timestamp};
 use crate::route::document::CompiledRoute;
 use crate::route::matcher::RouteMatcher;
-use crate::sink::worker::Queued;
+use crate::sink::worker::{Queued, SinkQueue};
 
 const CONTAINER: &str = "c1";
 const MAX_LINE_BYTES: usize = 1 << 20;
@@ -485,7 +485,7 @@ impl Model {
         let mut sinks = Vec::new();
         let mut queues = Vec::new();
         for name in spec.sinks {
-            let (queue, rx) = mpsc::channel(self.capacity);
+            let (queue, rx) = SinkQueue::channel(self.capacity, usize::MAX);
             sinks.push(SinkHandle {
                 name: (*name).into(),
                 queue,
@@ -616,7 +616,7 @@ impl Model {
             }
             let id = self.next_lane;
             self.next_lane += 1;
-            let mut lane = Lane::new(id, route, i, checkpoint, pos, MAX_LINE_BYTES);
+            let mut lane = Lane::new(id, route, i, checkpoint, pos, MAX_LINE_BYTES, None);
             if !reached(&pos, &self.head) {
                 lane.start_detached(self.head);
             }
@@ -681,10 +681,11 @@ impl Model {
             p.ids.extend(&ids);
         }
         for line in &lines {
+            let before = self.head;
             self.head = furthest(self.head, &line.cursor);
             let mut shared = None;
             for lane in &mut self.lanes {
-                lane.head_line(line, &self.info, &mut shared, self.now);
+                lane.head_line(line, &before, &self.info, &mut shared, self.now);
             }
         }
         for lane in &mut self.lanes {
@@ -709,7 +710,7 @@ impl Model {
     fn start_catchups(&mut self) {
         for lane in &mut self.lanes {
             let queue = lane.sink().queue.clone();
-            if queue.capacity() < queue.max_capacity() / 2 {
+            if !queue.half_empty() {
                 continue;
             }
             if lane.detached_mut().is_none_or(|d| d.catchup.is_some()) {
