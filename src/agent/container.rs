@@ -295,6 +295,8 @@ impl Following {
                     );
                     if !reached(&pos, &self.head) {
                         lane.start_detached(self.head);
+                    } else if pos != self.head {
+                        lane.resume_ahead();
                     }
                     self.lanes.push(lane);
                 }

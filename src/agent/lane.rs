@@ -225,6 +225,18 @@ impl Lane {
         });
     }
 
+    /// Start live although the head is behind the lane's position (on some stream): the
+    /// head's lines up to that position are ones the lane's sink already has, and are
+    /// skipped. A lane resumed from a checkpoint ahead of the head (a withdrawn route
+    /// back after an agent restart, an edit after a catch-up ran ahead) would otherwise
+    /// send them again.
+    pub fn resume_ahead(&mut self) {
+        self.mode = Mode::Live(Some(Skip {
+            at: self.pos,
+            passed: [false; 2],
+        }));
+    }
+
     /// Start detached behind `head`, where the head starts: lines up to it are not
     /// read by the head, so none of them counts as missed.
     pub fn start_detached(&mut self, head: Cursor) {
