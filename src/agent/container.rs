@@ -67,6 +67,10 @@ struct Following {
     head_done: bool,
     /// Docker removed the container: lanes behind can only catch up from their spills.
     gone: bool,
+    /// Lanes that read the log to its end, by route version and sink: a later rematch
+    /// (another route changed) must not bring them back from their checkpoints, which
+    /// may still stand before records waiting in their queues.
+    finished: Vec<(Arc<ActiveRoute>, String)>,
     /// Checkpoints of lanes whose route went away (withdrawn, its Secret missing for a
     /// while, or no longer matching): kept for the grace period so that the lane resumes
     /// exactly where its sink stopped if the route comes back.
@@ -101,6 +105,7 @@ pub(super) async fn follow_container(
         generation: 0,
         head_done: false,
         gone: false,
+        finished: Vec::new(),
         parked: Vec::new(),
     };
     f.start(&routes_rx.borrow_and_update());
@@ -271,6 +276,13 @@ impl Following {
                 tracing::info!(container = %self.container.name, route = %route.key, sink = %name, "route edited; this sink resumes from its checkpoint with the new version");
                 drop(lane);
             }
+            if self
+                .finished
+                .iter()
+                .any(|(r, s)| Arc::ptr_eq(r, &route) && s == name)
+            {
+                continue;
+            }
             self.parked
                 .retain(|p| !(p.checkpoint.route == route.key && p.checkpoint.sink == *name));
             let start = lane_start(&self.ctx, &self.container, route.sinks[i].since);
@@ -282,6 +294,8 @@ impl Following {
             };
             let checkpoints = &self.ctx.checkpoints;
             match checkpoints.lane(&self.container.id, &route.key, name, start) {
+                // The log was read to its end and this sink has all of it.
+                Ok((_, pos)) if self.head_done && reached(&pos, &self.head) => {}
                 Ok((checkpoint, pos)) => {
                     let id = self.ctx.next_lane.fetch_add(1, Ordering::Relaxed);
                     let mut lane = Lane::new(
@@ -384,10 +398,11 @@ impl Following {
     /// is left behind; what it writes then may arrive again through the new version.
     async fn await_retired(&self, table: &RouteTable) {
         let mut gone: Vec<&Arc<ActiveRoute>> = Vec::new();
-        for lane in &self.lanes {
-            let current = table.routes.iter().any(|r| Arc::ptr_eq(r, &lane.route));
-            if !current && !gone.iter().any(|g| Arc::ptr_eq(g, &lane.route)) {
-                gone.push(&lane.route);
+        let routes = self.lanes.iter().map(|l| &l.route);
+        for route in routes.chain(self.finished.iter().map(|(r, _)| r)) {
+            let current = table.routes.iter().any(|r| Arc::ptr_eq(r, route));
+            if !current && !gone.iter().any(|g| Arc::ptr_eq(g, route)) {
+                gone.push(route);
             }
         }
         for route in gone {
@@ -425,6 +440,10 @@ impl Following {
     /// new one.
     fn end_live_lanes(&mut self) {
         self.flush(true);
+        for lane in self.lanes.iter().filter(|l| !l.is_detached()) {
+            self.finished
+                .push((lane.route.clone(), lane.sink_name().to_string()));
+        }
         self.lanes.retain(Lane::is_detached);
     }
 
@@ -435,6 +454,9 @@ impl Following {
             let queue = lane.sink().queue.clone();
             if !queue.half_empty() {
                 continue;
+            }
+            if self.gone && !lane.spill_covers_rest() {
+                continue; // nothing left to read for it: it settles when the head is done
             }
             let Some(d) = lane.detached_mut() else {
                 continue;
@@ -571,13 +593,24 @@ impl Following {
                         lane.end_catchup();
                         lane.flush(&self.info, Instant::now(), true);
                         if !lane.is_detached() {
-                            self.lanes.swap_remove(at);
+                            let lane = self.lanes.swap_remove(at);
+                            self.finished
+                                .push((lane.route.clone(), lane.sink_name().to_string()));
                         }
                     }
                     Err(e) if e.is_permanent() && lane.spill_covers_rest() => {
                         // Docker lost the container while this lane was behind; its
                         // spill has the rest (or part of it): catch up from there.
                         tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone; catching up from the spill file");
+                        self.gone = true;
+                        if let Some(d) = lane.detached_mut() {
+                            d.catchup = None;
+                        }
+                    }
+                    Err(e) if e.is_permanent() && !self.head_done => {
+                        // The head still reads what dockerd had open of the removed
+                        // log: the lane goes on counting (and spilling) what it misses,
+                        // and settles once the head is done.
                         self.gone = true;
                         if let Some(d) = lane.detached_mut() {
                             d.catchup = None;
