@@ -464,6 +464,7 @@ async fn deleting_and_recreating_a_route_20_times_leaves_no_workers_behind() {
     let pid = agent.pid().expect("agent pid");
     let baseline = threads(pid);
     assert_eq!(agent.metric(WORKERS), 3.0, "one worker per (route, sink)");
+    let churning = Instant::now();
     for round in 0..ROUNDS {
         bed.write_routes(std::slice::from_ref(&keep));
         agent.wait_until(
@@ -478,6 +479,16 @@ async fn deleting_and_recreating_a_route_20_times_leaves_no_workers_behind() {
             |a| a.metric(ACTIVE) == 2.0,
         );
     }
+    let during = rs.received().len();
+    eprintln!(
+        "{ROUNDS} deletes and re-creates in {:?}; {during} of {} records arrived by then",
+        churning.elapsed(),
+        3 * n
+    );
+    assert!(
+        during < 3 * n,
+        "the ticker ended before the route churn did; make it print for longer"
+    );
     // Stopped workers end (at most a send in flight later): the gauge comes back to one
     // per (route, sink) in force.
     until(&agent, Duration::from_secs(30), "3 sink workers", || {
@@ -490,6 +501,7 @@ async fn deleting_and_recreating_a_route_20_times_leaves_no_workers_behind() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let now = threads(pid);
+    eprintln!("agent threads: {baseline} before, {now} after");
     assert!(
         now <= baseline,
         "the agent had {baseline} threads before {ROUNDS} deletes and re-creates, {now} after"
