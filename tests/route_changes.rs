@@ -590,6 +590,18 @@ async fn a_dead_elasticsearch_sink_does_not_hold_back_syslog_catch_ups() {
         es.requests().len(),
         es.docs().len()
     );
+    let log = agent.log();
+    let count = |what: &str, sink: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains(&format!("sink={sink}")))
+            .count()
+    };
+    eprintln!(
+        "catch-ups started: {} syslog, {} Elasticsearch; Elasticsearch catch-ups that gave their stream back: {}",
+        count("catching up from Docker", "central"),
+        count("catching up from Docker", "search"),
+        count("catch-up stream released", "search")
+    );
     let mut problems = Vec::new();
     for i in 0..PODS {
         let tag = format!("e{i}");
@@ -605,7 +617,6 @@ async fn a_dead_elasticsearch_sink_does_not_hold_back_syslog_catch_ups() {
         warnings(&agent, 30)
     );
     assert!(took < BOUND, "syslog took {took:?}");
-    let log = agent.log();
     assert!(
         log.lines()
             .any(|l| l.contains("sink queue full") && l.contains("sink=central")),
