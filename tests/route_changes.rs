@@ -664,9 +664,10 @@ async fn removed_container_burst_with_suspended_receiver_is_delivered_or_counted
         .map(str::to_string)
         .collect();
     eprintln!(
-        "burst of {N} from a removed container: {} delivered, {dropped} counted dropped ({reasons:?}), {} unaccounted",
+        "burst of {N} from a removed container: {} delivered, {dropped} counted dropped ({reasons:?}), {} unaccounted; the agent read {} records",
         nums.len(),
-        N as i64 - nums.len() as i64 - dropped as i64
+        N as i64 - nums.len() as i64 - dropped as i64,
+        agent.metric("logroute_agent_records_read_total")
     );
     // What arrived is each line once and in order (a prefix of the log, then what a
     // catch-up got before the removal); the rest is counted.
