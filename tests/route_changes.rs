@@ -587,8 +587,8 @@ async fn a_dead_elasticsearch_sink_does_not_hold_back_syslog_catch_ups() {
         let tag = format!("e{i}");
         pods.push(bed.pod(&tag, printer(&tag, N, 500, 10, true)).await);
     }
-    // Measured on a loaded 2-core machine: every syslog line of the 20 pods arrived
-    // within about 15 s of the first pod's start. The bound is generous; what it rules
+    // Measured on a loaded 2-core machine (debug build): every syslog line of the 20 pods
+    // arrived 9 to 14 s after the first pod was started. The bound is generous; what it rules
     // out is syslog waiting for Elasticsearch (which never recovers here) or for the
     // catch-up streams dead Elasticsearch lanes hold.
     const BOUND: Duration = Duration::from_secs(120);
