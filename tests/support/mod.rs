@@ -13,5 +13,6 @@ pub mod env;
 pub mod nginx;
 pub mod osmem;
 pub mod promtool;
+pub mod routes;
 pub mod rsyslog;
 pub mod suspend;
