@@ -645,21 +645,21 @@ async fn a_dead_elasticsearch_sink_does_not_hold_back_syslog_catch_ups() {
     assert_eq!(agent.metric(DROPPED), 0.0, "nothing dropped");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "silent loss: a lagging lane whose catch-up finds the container removed is counted and dropped while the head still reads; the head's later lines are counted nowhere (src/agent/container.rs, catchup_message, permanent catch-up error)"]
-async fn removed_container_burst_with_suspended_receiver_is_delivered_or_counted() {
+/// A container prints one line, then (with its sink's receiver suspended) a burst of
+/// `N` - 1 more, exits and is removed at once, as the kubelet removes a deleted pod's
+/// containers; then the receiver resumes. Returns the line numbers received, what was
+/// counted dropped for the sink, and the agent's warnings.
+async fn burst_from_a_removed_container(spill_bytes: &str) -> Option<(Vec<usize>, usize, String)> {
     let _serial = SERIAL.lock().await;
-    let Some(bed) = bed("rmburst").await else {
-        return;
-    };
-    let Some(rs) = Rsyslog::start_or_skip() else {
-        return;
-    };
-    const N: usize = 200_000;
+    let bed = bed("rmburst").await?;
+    let rs = Rsyslog::start_or_skip()?;
     bed.write_routes(&[bed.route("all", &[routes::syslog("central", rs.tcp_port)])]);
-    let agent = bed.agent(&[("LOGROUTE_QUEUE_RECORDS", "1000")]);
+    let agent = bed.agent(&[
+        ("LOGROUTE_QUEUE_RECORDS", "1000"),
+        ("LOGROUTE_SPILL_BYTES", spill_bytes),
+    ]);
     // A first line, a pause to suspend the receiver in, then the burst.
-    let script = format!("echo b-1; sleep 3; seq 2 {N} | sed 's/^/b-/'");
+    let script = format!("echo b-1; sleep 3; seq 2 {BURST} | sed 's/^/b-/'");
     let c = bed.pod("burst", script).await;
     until(&agent, Duration::from_secs(30), "the first line", || {
         !rs.received().is_empty()
@@ -671,27 +671,53 @@ async fn removed_container_burst_with_suspended_receiver_is_delivered_or_counted
     c.remove().await;
     suspend::set_suspended(rsyslogd, false);
     until_idle(&agent, Duration::from_secs(180)).await;
-    let got = settle(&[&rs], N, Duration::from_secs(10)).await.remove(0);
+    let got = settle(&[&rs], BURST, Duration::from_secs(10))
+        .await
+        .remove(0);
     let nums = numbers(&got, "b");
     let dropped = agent.metric(&format!("{DROPPED}{{sink=\"central\"}}")) as usize;
-    let reasons: Vec<String> = agent
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with(DROPPED))
-        .map(str::to_string)
-        .collect();
     eprintln!(
-        "burst of {N} from a removed container: {} delivered, {dropped} counted dropped ({reasons:?}), {} unaccounted; the agent read {} records",
+        "burst of {BURST} from a removed container, --spill-bytes {spill_bytes}: {} delivered, {dropped} counted dropped, {} unaccounted; the agent read {} records, spilled {}",
         nums.len(),
-        N as i64 - nums.len() as i64 - dropped as i64,
-        agent.metric("logroute_agent_records_read_total")
+        BURST as i64 - nums.len() as i64 - dropped as i64,
+        agent.metric("logroute_agent_records_read_total"),
+        agent.metric("logroute_agent_spill_lines_written_total"),
     );
+    Some((nums, dropped, warnings(&agent, 30)))
+}
+
+const BURST: usize = 200_000;
+
+/// With spill files (the default), the whole burst reaches the sink once the receiver
+/// is back, although Docker removed the container's log long before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_containers_burst_reaches_a_suspended_sink_through_the_spill() {
+    let Some((nums, dropped, warnings)) = burst_from_a_removed_container("268435456").await else {
+        return;
+    };
+    let want: Vec<usize> = (1..=BURST).collect();
+    assert!(
+        nums == want && dropped == 0,
+        "expected lines 1..={BURST} once each, in order, and nothing dropped; got {} lines ({:?}...), {dropped} dropped; agent warnings:\n{warnings}",
+        nums.len(),
+        nums.iter().take(10).collect::<Vec<_>>()
+    );
+}
+
+/// Without spill files, what the sink did not get before the removal is lost, and every
+/// such line is counted (`removed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "counting gap: 1 line of 200,000 neither delivered nor counted (the head read ~4,400 lines twice as dockerd closed the removed log); see the lane model's `abandoned` gap"]
+async fn removed_containers_burst_without_spill_is_delivered_or_counted() {
+    let Some((nums, dropped, warnings)) = burst_from_a_removed_container("0").await else {
+        return;
+    };
     // What arrived is each line once and in order (a prefix of the log, then what a
     // catch-up got before the removal); the rest is counted.
-    let mut seen = vec![false; N + 1];
+    let mut seen = vec![false; BURST + 1];
     let mut repeated = 0;
     for &i in &nums {
-        if i == 0 || i > N || std::mem::replace(&mut seen[i], true) {
+        if i == 0 || i > BURST || std::mem::replace(&mut seen[i], true) {
             repeated += 1;
         }
     }
@@ -702,9 +728,8 @@ async fn removed_container_burst_with_suspended_receiver_is_delivered_or_counted
     );
     assert_eq!(
         nums.len() + dropped,
-        N,
-        "every line is delivered or counted: {} delivered + {dropped} dropped; agent warnings:\n{}",
+        BURST,
+        "every line is delivered or counted: {} delivered + {dropped} dropped; agent warnings:\n{warnings}",
         nums.len(),
-        warnings(&agent, 30)
     );
 }
