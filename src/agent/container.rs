@@ -598,7 +598,7 @@ impl Following {
                                 .push((lane.route.clone(), lane.sink_name().to_string()));
                         }
                     }
-                    Err(e) if e.is_permanent() && lane.spill_covers_rest() => {
+                    Err(e @ DockerError::ContainerGone { .. }) if lane.spill_covers_rest() => {
                         // Docker lost the container while this lane was behind; its
                         // spill has the rest (or part of it): catch up from there.
                         tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone; catching up from the spill file");
@@ -607,10 +607,11 @@ impl Following {
                             d.catchup = None;
                         }
                     }
-                    Err(e) if e.is_permanent() && !self.head_done => {
+                    Err(e @ DockerError::ContainerGone { .. }) if !self.head_done => {
                         // The head still reads what dockerd had open of the removed
                         // log: the lane goes on counting (and spilling) what it misses,
                         // and settles once the head is done.
+                        tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone while this sink catches up; it settles when the shared reader is done");
                         self.gone = true;
                         if let Some(d) = lane.detached_mut() {
                             d.catchup = None;

@@ -114,6 +114,22 @@ pub struct Spill {
     bytes: u64,
     lines: u64,
     scratch: Vec<u8>,
+    /// Per stream, the timestamp and a hash of the last line written (see `push`).
+    last: [Option<(Timestamp, u64)>; 2],
+}
+
+fn stream_index(s: StreamName) -> usize {
+    match s {
+        StreamName::Stdout => 0,
+        StreamName::Stderr => 1,
+    }
+}
+
+fn message_hash(message: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    message.hash(&mut h);
+    h.finish()
 }
 
 impl Spill {
@@ -137,16 +153,27 @@ impl Spill {
             bytes: 0,
             lines: 0,
             scratch: Vec::new(),
+            last: [None; 2],
         }
     }
 
-    /// Append a line read after the spill's `end` (a line at or before it, which dockerd
-    /// may send again when a log rotates, is skipped). Once the file or the budget is
-    /// full, or a write failed, the spill takes nothing more: it then holds the lines up
-    /// to its `end`.
+    /// Append a line read after the spill's `end`. Once the file or the budget is full,
+    /// or a write failed, the spill takes nothing more: it then holds the lines up to its
+    /// `end`.
+    ///
+    /// When a json-file log rotates under dockerd's follow, dockerd sends the line it
+    /// was at again: same timestamp, same text, but to the reader a new frame at that
+    /// timestamp. Docker's file holds it once, so a re-read from the file never yields
+    /// it; the spill skips it as well (a line at or before its `end`, or equal to the
+    /// previous line of its stream in timestamp and text), so that reading the spill
+    /// and then the file gives each line once.
     pub fn push(&mut self, line: &LogLine) {
         let s = line.stream;
         if !later(line.cursor.stream(s), self.end.stream(s)) {
+            return;
+        }
+        let hash = message_hash(&line.message);
+        if self.last[stream_index(s)] == Some((line.timestamp, hash)) {
             return;
         }
         let Some(file) = &mut self.file else {
@@ -173,6 +200,7 @@ impl Spill {
         }
         self.bytes += n;
         self.lines += 1;
+        self.last[stream_index(s)] = Some((line.timestamp, hash));
         self.end = furthest(self.end, &line.cursor);
         self.budget.written.inc();
     }
@@ -424,6 +452,26 @@ mod tests {
             b.used.load(Ordering::Relaxed),
             0,
             "and gives its bytes back"
+        );
+    }
+
+    #[test]
+    fn a_line_dockerd_sends_again_on_rotation_is_spilled_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = budget(dir.path(), 1 << 20);
+        let mut spill = Spill::create(&b, Cursor::default());
+        let first = line(1, StreamName::Stdout);
+        spill.push(&first);
+        // The same line again, to the reader the next frame at its timestamp.
+        let mut again = first.clone();
+        again.cursor.stdout.seen += 1;
+        spill.push(&again);
+        spill.push(&line(2, StreamName::Stdout));
+        let (lines, _) = read_all(spill.snapshot().expect("snapshot"), Cursor::default());
+        let got: Vec<String> = lines.into_iter().map(|l| l.message).collect();
+        assert_eq!(
+            got,
+            vec![first.message, line(2, StreamName::Stdout).message]
         );
     }
 
