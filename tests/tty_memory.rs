@@ -63,6 +63,9 @@ fn script() -> String {
 
 #[tokio::test]
 async fn a_200_mb_tty_line_is_cut_with_bounded_memory_and_the_next_line_arrives() {
+    // This one measures this process's own peak: no other test may run meanwhile (the
+    // stalled-route test reads 150 MB back from rsyslog).
+    let _serial = SERIAL.lock().await;
     let Some(docker) = support::docker::docker().await else {
         return;
     };
