@@ -14,6 +14,7 @@ use support::agent_proc::AgentProc;
 use support::cluster::{Cluster, PodId};
 use support::docker::TestContainer;
 use support::rsyslog::{Received, Rsyslog};
+use support::sequence;
 use support::suspend;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -103,23 +104,8 @@ fn check_sequence(got: &[Received], prefix: &str, n: usize) -> Option<String> {
     if nums == (1..=n).collect::<Vec<_>>() {
         return None;
     }
-    let mut seen = vec![0usize; n + 1];
-    for &i in nums.iter().filter(|i| **i <= n) {
-        seen[i] += 1;
-    }
-    let mut missing = Vec::new();
-    let mut i = 1;
-    while i <= n {
-        if seen[i] == 0 {
-            let start = i;
-            while i <= n && seen[i] == 0 {
-                i += 1;
-            }
-            missing.push(format!("{start}..={}", i - 1));
-        } else {
-            i += 1;
-        }
-    }
+    let seen = sequence::counts(&nums, n);
+    let missing = sequence::missing_ranges(&seen, n);
     let repeated = seen.iter().filter(|c| **c > 1).count();
     let ordered = nums.windows(2).all(|w| w[0] < w[1]);
     Some(format!(

@@ -21,6 +21,7 @@ use support::bulk::BulkServer;
 use support::docker::{Spec, TestContainer, docker, pod_labels, pod_uid};
 use support::routes;
 use support::rsyslog::Rsyslog;
+use support::sequence;
 use support::suspend;
 
 /// Taken by every test of this file (each runs on its own runtime; tokio's mutex works
@@ -106,27 +107,9 @@ fn numbers(got: &[String], tag: &str) -> Vec<usize> {
 /// What is wrong with `nums` as the lines 1..=n, each exactly once (in order when
 /// `ordered`): `None` when nothing is.
 fn check_once(nums: &[usize], n: usize, ordered: bool) -> Option<String> {
-    let mut seen = vec![0usize; n + 1];
-    let mut outside = 0;
-    for &i in nums {
-        match seen.get_mut(i) {
-            Some(c) if i > 0 => *c += 1,
-            _ => outside += 1,
-        }
-    }
-    let mut missing = Vec::new();
-    let mut i = 1;
-    while i <= n {
-        if seen[i] == 0 {
-            let start = i;
-            while i <= n && seen[i] == 0 {
-                i += 1;
-            }
-            missing.push(format!("{start}..={}", i - 1));
-        } else {
-            i += 1;
-        }
-    }
+    let outside = nums.iter().filter(|&&i| i == 0 || i > n).count();
+    let seen = sequence::counts(nums, n);
+    let missing = sequence::missing_ranges(&seen, n);
     let repeated: Vec<usize> = (1..=n).filter(|&i| seen[i] > 1).collect();
     let in_order = nums.windows(2).all(|w| w[0] < w[1]);
     if missing.is_empty() && repeated.is_empty() && outside == 0 && (in_order || !ordered) {

@@ -15,4 +15,5 @@ pub mod osmem;
 pub mod promtool;
 pub mod routes;
 pub mod rsyslog;
+pub mod sequence;
 pub mod suspend;

@@ -164,12 +164,12 @@ impl SinkQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::checkpoint::Checkpoints;
+    use crate::agent::checkpoint::{Checkpoints, LaneCheckpoint};
     use crate::agent::docker::Cursor;
     use crate::record::{ContainerInfo, Record, Timestamp};
     use crate::sink::worker::Position;
 
-    fn entry(lane: &Arc<crate::agent::checkpoint::LaneCheckpoint>, bytes: usize) -> Queued {
+    fn entry(lane: &Arc<LaneCheckpoint>, bytes: usize) -> Queued {
         let record = Record {
             container: Arc::new(ContainerInfo::default()),
             stream: crate::api::StreamName::Stdout,
@@ -186,8 +186,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn bytes_bound_the_queue_before_entries_do_and_an_empty_queue_takes_any_entry() {
+    /// A lane checkpoint for the entries (and the directory its file lives in).
+    fn lane() -> (Arc<LaneCheckpoint>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let checkpoints = Checkpoints::open(dir.path())
             .expect("open checkpoints")
@@ -195,6 +195,12 @@ mod tests {
         let (lane, _) = checkpoints
             .lane("c", "r", "s", Cursor::default())
             .expect("lane");
+        (lane, dir)
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_before_entries_do_and_an_empty_queue_takes_any_entry() {
+        let (lane, _dir) = lane();
         let (queue, mut rx) = SinkQueue::channel(100, 10_000);
         // Far heavier than the limit, but the queue is empty: it goes.
         assert!(queue.try_send(entry(&lane, 50_000)).is_ok());
@@ -218,13 +224,7 @@ mod tests {
 
     #[test]
     fn entries_bound_the_queue_too_and_a_refused_entry_takes_no_bytes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let checkpoints = Checkpoints::open(dir.path())
-            .expect("open checkpoints")
-            .checkpoints;
-        let (lane, _) = checkpoints
-            .lane("c", "r", "s", Cursor::default())
-            .expect("lane");
+        let (lane, _dir) = lane();
         let (queue, _rx) = SinkQueue::channel(2, usize::MAX);
         assert!(queue.try_send(entry(&lane, 1)).is_ok());
         assert!(queue.try_send(entry(&lane, 1)).is_ok());
