@@ -109,8 +109,9 @@ pub struct AgentMetrics {
     /// `rotated` (lines Docker rotated away before a lagging sink caught up, counted in
     /// lines), `removed` (the container was removed before a lagging sink caught up).
     pub records_dropped: IntCounterVec,
-    /// `reason`: `withdrawn` (lines a container wrote while a route that had taken it
-    /// was gone, when the route did not come back within the grace period).
+    /// `reason`: `withdrawn` (lines of a container that a route had taken, not sent
+    /// because the route went away and did not come back within the grace period: read
+    /// while it was gone, or taken and not yet accepted by the sink when it went).
     pub records_unresumed: IntCounterVec,
     /// `kind`, `route`, `sink`.
     pub records_sent: IntCounterVec,
@@ -221,7 +222,7 @@ impl AgentMetrics {
             records_unresumed: counter(
                 reg,
                 "logroute_agent_records_unresumed_total",
-                "Lines a container wrote while a route that had taken it was gone, not sent because the route did not come back within the grace period",
+                "Lines of a container a route had taken, not sent because the route went away and did not come back within the grace period (read while it was gone, or not yet accepted when it went)",
                 &["reason"],
             ),
             records_sent: counter(

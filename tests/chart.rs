@@ -905,6 +905,11 @@ fn non_default_values_reach_the_workloads() {
         Some("33554432")
     );
     assert_eq!(
+        env_value(a, "LOGROUTE_SPILL_BYTES").as_deref(),
+        Some("0"),
+        "0 (spilling off) is a value, not an absent one"
+    );
+    assert_eq!(
         env_value(a, "HTTPS_PROXY").as_deref(),
         Some("http://proxy.example.com:3128")
     );

@@ -974,6 +974,7 @@ impl Worker {
                 let position = Position {
                     lane: self.lane.clone(),
                     cursor,
+                    lines: 1,
                 };
                 (Queued::Record(r.clone(), position), cursor)
             })

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use memmap2::MmapMut;
@@ -136,6 +136,9 @@ pub struct LaneCheckpoint {
     head_ns: AtomicI64,
     /// Newest timestamp (ns) of the position the sink accepted.
     accepted_ns: AtomicI64,
+    /// Lines its lane queued that the sink has not accepted yet: what is lost, and
+    /// counted, if the route goes away for good before they are sent.
+    unaccepted: AtomicU64,
     /// The claim this handle belongs to (see `Slot::owner`).
     owner: u64,
 }
@@ -472,6 +475,7 @@ impl Checkpoints {
             sink: sink.to_string(),
             head_ns: AtomicI64::new(nanos(cursor.latest())),
             accepted_ns: AtomicI64::new(nanos(cursor.latest())),
+            unaccepted: AtomicU64::new(0),
             owner,
         });
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -576,6 +580,26 @@ impl LaneCheckpoint {
         drop(inner);
         self.accepted_ns
             .store(nanos(cursor.latest()), Ordering::Relaxed);
+    }
+
+    /// The lane queued a record of `lines` lines.
+    pub fn queued_lines(&self, lines: u64) {
+        self.unaccepted.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// The sink accepted records of `lines` lines.
+    pub fn accepted_lines(&self, lines: u64) {
+        // Saturating: handles of one claim only, so this never goes below zero.
+        let _ = self
+            .unaccepted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(lines))
+            });
+    }
+
+    /// Lines queued under this claim and not accepted (see [`Self::queued_lines`]).
+    pub fn unaccepted(&self) -> u64 {
+        self.unaccepted.load(Ordering::Relaxed)
     }
 
     /// The container's log was read to its end and everything of it was accepted (or

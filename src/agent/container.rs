@@ -83,6 +83,10 @@ struct Parked {
     until: Instant,
     /// Lines the head read from the container since the lane was parked.
     read: u64,
+    /// Lines the lane had consumed that its sink did not get (see [`Lane::behind`]);
+    /// with those still queued ([`LaneCheckpoint::unaccepted`]), lost if the route does
+    /// not come back.
+    behind: u64,
 }
 
 pub(super) async fn follow_container(
@@ -326,6 +330,7 @@ impl Following {
                 checkpoint: lane.checkpoint.clone(),
                 until,
                 read: 0,
+                behind: lane.behind(&self.head),
             });
         }
     }
@@ -347,12 +352,14 @@ impl Following {
             {
                 continue;
             }
-            tracing::warn!(container = %self.container.name, %route, %sink, lines = p.read, "route did not come back within the grace period: its checkpoint is dropped, and the lines read meanwhile are not sent to this sink");
+            // The route's old workers have stopped: what they had queued stays unsent.
+            let unsent = p.behind + p.checkpoint.unaccepted();
+            tracing::warn!(container = %self.container.name, %route, %sink, read = p.read, unsent, "route did not come back within the grace period: its checkpoint is dropped; the lines read meanwhile and those its sink had not taken are not sent to this sink");
             self.ctx
                 .metrics
                 .records_unresumed
                 .with_label_values(&["withdrawn"])
-                .inc_by(p.read);
+                .inc_by(p.read + unsent);
             p.checkpoint.release();
         }
     }
@@ -559,7 +566,7 @@ impl Following {
         match msg {
             CatchMsg::Paused { .. } => {
                 tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), "sink queue still full; catch-up stream released until it drains");
-                lane.stop_catchup();
+                lane.stop_catchup(&self.head);
             }
             CatchMsg::Lines { lines, .. } => {
                 let now = Instant::now();
@@ -603,9 +610,7 @@ impl Following {
                         // spill has the rest (or part of it): catch up from there.
                         tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone; catching up from the spill file");
                         self.gone = true;
-                        if let Some(d) = lane.detached_mut() {
-                            d.catchup = None;
-                        }
+                        lane.stop_catchup(&self.head);
                     }
                     Err(e @ DockerError::ContainerGone { .. }) if !self.head_done => {
                         // The head still reads what dockerd had open of the removed
@@ -613,9 +618,7 @@ impl Following {
                         // and settles once the head is done.
                         tracing::info!(container = %self.container.name, route = %lane.route.key, sink = %lane.sink_name(), error = %e, "container gone while this sink catches up; it settles when the shared reader is done");
                         self.gone = true;
-                        if let Some(d) = lane.detached_mut() {
-                            d.catchup = None;
-                        }
+                        lane.stop_catchup(&self.head);
                     }
                     Err(e) if e.is_permanent() => {
                         let lost = lane.lost_at_end();
@@ -625,9 +628,7 @@ impl Following {
                     }
                     Err(e) => {
                         tracing::warn!(container = %self.container.name, error = %e, "catch-up failed; retrying");
-                        if let Some(d) = lane.detached_mut() {
-                            d.catchup = None;
-                        }
+                        lane.stop_catchup(&self.head);
                     }
                 }
             }

@@ -109,6 +109,14 @@ pub struct Detached {
     /// Per stream, the furthest line the catch-up counted (re-reads count once); lines
     /// up to it are not among `missed`.
     counted: Cursor,
+    /// Where `counted` started: lines up to it were never the head's to count.
+    floor: Cursor,
+    /// Lines this catch-up counted that the position does not cover yet (held in a
+    /// joiner, or the line that did not fit), and whether they were counted in
+    /// `recovered` (else the catch-up read them ahead of the head): a catch-up that
+    /// stops gives them back, since the next one reads them again — or finds them
+    /// rotated away.
+    unsettled: Vec<(StreamName, StreamCursor, bool)>,
     /// Per stream, the furthest line taken in the current catch-up.
     reached: Cursor,
     pub catchup: Option<CatchUp>,
@@ -116,6 +124,24 @@ pub struct Detached {
     /// [`crate::agent::spill`]); opened at the first such line.
     spill: Option<Box<Spill>>,
     gauge: IntGauge,
+}
+
+impl Detached {
+    /// `missed` and `recovered` as they stand once the lines the current catch-up
+    /// counted but the position does not cover are given back: a recovered one is
+    /// recovered no more; one read ahead of the head that the head has passed since
+    /// (without counting it, as the catch-up had it) is missed.
+    fn without_unsettled(&self, head: &Cursor) -> (u64, u64) {
+        let (mut missed, mut recovered) = (self.missed, self.recovered);
+        for (s, c, was_recovered) in &self.unsettled {
+            if *was_recovered {
+                recovered -= 1;
+            } else if !later(c, head.stream(*s)) {
+                missed += 1;
+            }
+        }
+        (missed, recovered)
+    }
 }
 
 impl Drop for Detached {
@@ -129,7 +155,7 @@ impl Drop for Detached {
 
 enum Mode {
     Live(Option<Skip>),
-    Detached(Detached),
+    Detached(Box<Detached>),
 }
 
 /// A joiner and the cursor just past its last line.
@@ -205,7 +231,7 @@ impl Lane {
 
     pub fn detached_mut(&mut self) -> Option<&mut Detached> {
         match &mut self.mode {
-            Mode::Detached(d) => Some(d),
+            Mode::Detached(d) => Some(d.as_mut()),
             Mode::Live(_) => None,
         }
     }
@@ -257,16 +283,18 @@ impl Lane {
             .map(|s| s.detached.clone())
             .expect("lane sink index is valid");
         gauge.inc();
-        self.mode = Mode::Detached(Detached {
+        self.mode = Mode::Detached(Box::new(Detached {
             missed,
             missed_upto: counted,
             recovered: 0,
             counted,
+            floor: counted,
+            unsettled: Vec::new(),
             reached: self.pos,
             catchup: None,
             spill: None,
             gauge,
-        });
+        }));
     }
 
     /// Keep a line the head read while the lane is detached in its spill; `before` is
@@ -360,26 +388,51 @@ impl Lane {
         let s = line.stream;
         let own = line.cursor.stream(s);
         if later(own, d.counted.stream(s)) {
-            if !later(own, head.stream(s)) {
+            let recovered = !later(own, head.stream(s));
+            if recovered {
                 d.recovered += 1;
             }
+            d.unsettled.push((s, *own, recovered));
             *d.counted.stream_mut(s) = *own;
         }
         d.reached = furthest(d.reached, &line.cursor);
         let result = self.take(line, info, &mut None, now);
         if result.is_err() {
-            self.stop_catchup();
+            self.stop_catchup(head);
+        } else {
+            let pos = self.pos;
+            if let Mode::Detached(d) = &mut self.mode {
+                d.unsettled.retain(|(s, c, _)| later(c, pos.stream(*s)));
+            }
         }
         result
     }
 
-    /// Stop the running catch-up; the next one starts again from [`Lane::pos`] (what
-    /// the joiners held is read again).
-    pub fn stop_catchup(&mut self) {
+    /// Stop the running catch-up (or forget one that ended without reaching the end);
+    /// the next one starts again from [`Lane::pos`]: what it had read past the position
+    /// is read again — or, if Docker rotated it away meanwhile, counted as missed.
+    /// `head` is where the shared reader stands.
+    pub fn stop_catchup(&mut self, head: &Cursor) {
         let pos = self.pos;
         if let Mode::Detached(d) = &mut self.mode {
             if let Some(c) = d.catchup.take() {
                 c.stop.cancel();
+            }
+            (d.missed, d.recovered) = d.without_unsettled(head);
+            for (s, c, _) in std::mem::take(&mut d.unsettled) {
+                if !later(&c, head.stream(s)) && later(&c, d.missed_upto.stream(s)) {
+                    *d.missed_upto.stream_mut(s) = c;
+                }
+            }
+            for s in [StreamName::Stdout, StreamName::Stderr] {
+                let back = if later(pos.stream(s), d.floor.stream(s)) {
+                    *pos.stream(s)
+                } else {
+                    *d.floor.stream(s)
+                };
+                if later(d.counted.stream(s), &back) {
+                    *d.counted.stream_mut(s) = back;
+                }
             }
             d.reached = pos;
             self.reset_joiners();
@@ -424,6 +477,21 @@ impl Lane {
                 at,
                 passed: [false; 2],
             }));
+        }
+    }
+
+    /// Lines the lane consumed past its position, its sink not having them: held in its
+    /// joiners, or (detached) missed and not recovered. With the lines queued and not
+    /// accepted ([`LaneCheckpoint::unaccepted`]), what its sink loses if the lane is
+    /// dropped for good.
+    /// `head` is where the shared reader stands.
+    pub fn behind(&self, head: &Cursor) -> u64 {
+        match &self.mode {
+            Mode::Detached(d) => {
+                let (missed, recovered) = d.without_unsettled(head);
+                missed.saturating_sub(recovered)
+            }
+            Mode::Live(_) => self.held,
         }
     }
 
@@ -517,11 +585,13 @@ impl Lane {
             Position {
                 lane: self.checkpoint.clone(),
                 cursor,
+                lines,
             },
         );
         match self.sink().queue.try_send(entry) {
             Ok(()) => {
                 self.sink().routed.inc();
+                self.checkpoint.queued_lines(lines);
                 self.pos = cursor;
                 self.owed = false;
                 self.held = self.held.saturating_sub(lines);
@@ -556,6 +626,7 @@ impl Lane {
         let entry = Queued::Position(Position {
             lane: self.checkpoint.clone(),
             cursor: self.pos,
+            lines: 0,
         });
         if self.sink().queue.try_send(entry).is_ok() {
             self.owed = false;

@@ -44,6 +44,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub struct Position {
     pub lane: Arc<LaneCheckpoint>,
     pub cursor: Cursor,
+    /// Lines of the log the entry accounts for: a record's lines (several when joined),
+    /// 0 for a position entry. The lane's count of lines queued and not yet accepted
+    /// goes down by as many once the sink takes it.
+    pub lines: u64,
 }
 
 /// What a (route, sink) queue carries; entries of one lane are in log order.
@@ -185,16 +189,20 @@ pub const NON_IDEMPOTENT_STEP: usize = 64;
 /// Advance the checkpoints of the lanes in `entries` (all accepted).
 fn accepted(entries: &[Queued]) {
     // A batch holds few lanes: the last position per lane, found by linear search.
-    let mut last: Vec<&Position> = Vec::new();
+    let mut last: Vec<(&Position, u64)> = Vec::new();
     for entry in entries {
         let (Queued::Record(_, p) | Queued::Position(p)) = entry;
-        match last.iter_mut().find(|l| Arc::ptr_eq(&l.lane, &p.lane)) {
-            Some(l) => *l = p,
-            None => last.push(p),
+        match last.iter_mut().find(|(l, _)| Arc::ptr_eq(&l.lane, &p.lane)) {
+            Some((l, lines)) => {
+                *l = p;
+                *lines += p.lines;
+            }
+            None => last.push((p, p.lines)),
         }
     }
-    for p in last {
+    for (p, lines) in last {
         p.lane.advance(p.cursor);
+        p.lane.accepted_lines(lines);
     }
 }
 
@@ -372,6 +380,7 @@ mod accepted_tests {
                 Position {
                     lane: lane.clone(),
                     cursor: at(secs),
+                    lines: 1,
                 },
             )
         };
@@ -379,6 +388,7 @@ mod accepted_tests {
             Queued::Position(Position {
                 lane: b.clone(),
                 cursor: at(5),
+                lines: 0,
             }),
             rec(&a, 10),
             rec(&b, 11),

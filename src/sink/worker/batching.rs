@@ -174,6 +174,7 @@ mod tests {
             Position {
                 lane: lane.lane.clone(),
                 cursor,
+                lines: 1,
             },
         )
     }

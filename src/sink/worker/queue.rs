@@ -182,6 +182,7 @@ mod tests {
             Position {
                 lane: lane.clone(),
                 cursor: Cursor::default(),
+                lines: 1,
             },
         )
     }
