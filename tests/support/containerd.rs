@@ -105,6 +105,9 @@ state = "{root}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{IMAGE}"
   disable_tcp_service = true
+  # The sandbox asks for oom_score_adj -998, which lowering needs CAP_SYS_RESOURCE that
+  # a container running these tests may lack: never go below containerd's own.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -245,7 +248,8 @@ state = "{root}/state"
                 namespace: namespace.into(),
                 attempt: 0,
             }),
-            hostname: name.into(),
+            // No hostname: a host-network pod has no UTS namespace of its own.
+            hostname: String::new(),
             log_directory: log_dir.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
