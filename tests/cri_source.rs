@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use logroute::agent::source::cri::{
-    CriRecord, DirWatcher, FilePosition, FollowOptions, Follower, Missing, PodLogDir,
-    ReadOptions, Start,
+    CriRecord, DirWatcher, FilePosition, FollowOptions, Follower, Missing, PodLogDir, ReadOptions,
+    Start,
 };
 use logroute::api::StreamName;
 use support::containerd::Containerd;
@@ -28,8 +28,13 @@ fn options() -> FollowOptions {
     }
 }
 
-fn follow(dir: &Path, start: Start, watcher: &std::sync::Arc<DirWatcher>) -> (Follower, Option<Missing>) {
-    Follower::open(dir, start, options(), Some(watcher)).expect("open the container's log directory")
+fn follow(
+    dir: &Path,
+    start: Start,
+    watcher: &std::sync::Arc<DirWatcher>,
+) -> (Follower, Option<Missing>) {
+    Follower::open(dir, start, options(), Some(watcher))
+        .expect("open the container's log directory")
 }
 
 /// Reads until `done` says the records are complete, failing after `timeout`.
@@ -98,7 +103,11 @@ async fn every_line_once_in_order_a_long_line_whole_and_an_exited_container_to_i
 
     let identity = PodLogDir::parse(&dir).expect("the kubelet's layout");
     assert_eq!(
-        (identity.namespace.as_str(), identity.pod.as_str(), identity.container.as_str()),
+        (
+            identity.namespace.as_str(),
+            identity.pod.as_str(),
+            identity.container.as_str()
+        ),
         ("shop", "web-1", "app")
     );
     assert_eq!(identity.uid, pod.uid);
@@ -108,9 +117,13 @@ async fn every_line_once_in_order_a_long_line_whole_and_an_exited_container_to_i
                   head -c 102400 /dev/zero | tr '\\0' x; echo; echo last";
     let id = ctrd.run_container(&pod, "app", 0, script).await;
     let mut got = Vec::new();
-    read_until(&mut f, &mut got, Duration::from_secs(60), "3000 lines per stream", |g| {
-        g.iter().filter(|r| r.stream == StreamName::Stderr).count() >= 3000
-    })
+    read_until(
+        &mut f,
+        &mut got,
+        Duration::from_secs(60),
+        "3000 lines per stream",
+        |g| g.iter().filter(|r| r.stream == StreamName::Stderr).count() >= 3000,
+    )
     .await;
     ctrd.wait_exit(&id, Duration::from_secs(30)).await;
     read_to_end(&mut f, &mut got).await;
@@ -124,13 +137,26 @@ async fn every_line_once_in_order_a_long_line_whole_and_an_exited_container_to_i
     assert!(got.iter().all(|r| !r.truncated));
     // containerd did split it: 16 KiB entries tagged P, then one F.
     let file = std::fs::read(dir.join("0.log")).unwrap();
-    let partials = file.split(|&b| b == b'\n').filter(|l| l.windows(10).any(|w| w == b" stdout P ")).count();
-    assert_eq!(partials, 6, "102400 bytes in 16 KiB entries: 6 partial, 1 full");
+    let partials = file
+        .split(|&b| b == b'\n')
+        .filter(|l| l.windows(10).any(|w| w == b" stdout P "))
+        .count();
+    assert_eq!(
+        partials, 6,
+        "102400 bytes in 16 KiB entries: 6 partial, 1 full"
+    );
     // Timestamps never go back within a stream, and positions only forward.
     for pair in got.windows(2) {
-        assert!(pair[0].position.offset <= pair[1].position.offset || pair[0].position.file != pair[1].position.file);
+        assert!(
+            pair[0].position.offset <= pair[1].position.offset
+                || pair[0].position.file != pair[1].position.file
+        );
     }
-    assert_eq!(f.position().offset, file.len() as u64, "read to the end of the file");
+    assert_eq!(
+        f.position().offset,
+        file.len() as u64,
+        "read to the end of the file"
+    );
 
     ctrd.remove_pod(&pod).await;
     stop.cancel();
@@ -175,7 +201,11 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
     assert_eq!(texts(&got, StreamName::Stdout), numbered("line", 0, N));
     assert!(rotations >= 5, "rotated {rotations} times mid-stream");
     let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, rotations + 1, "one rotated file per rotation and the current one");
+    assert_eq!(
+        files,
+        rotations + 1,
+        "one rotated file per rotation and the current one"
+    );
 
     // A lane that stopped before later rotations resumes across the rotated files still
     // on disk: exactly the rest.
@@ -183,11 +213,22 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
     let (mut resumed, missing) = follow(&dir, Start::At(at), &watcher);
     assert_eq!(missing, None);
     let mut rest = Vec::new();
-    read_until(&mut resumed, &mut rest, Duration::from_secs(30), "the rest", |g| g.len() >= N - seen).await;
+    read_until(
+        &mut resumed,
+        &mut rest,
+        Duration::from_secs(30),
+        "the rest",
+        |g| g.len() >= N - seen,
+    )
+    .await;
     assert_eq!(texts(&rest, StreamName::Stdout), numbered("line", seen, N));
     ctrd.stop_container(&id).await;
     read_to_end(&mut resumed, &mut rest).await;
-    assert_eq!(rest.len(), N - seen, "nothing more after the container stopped");
+    assert_eq!(
+        rest.len(),
+        N - seen,
+        "nothing more after the container stopped"
+    );
 
     ctrd.remove_pod(&pod).await;
     stop.cancel();
@@ -205,7 +246,12 @@ async fn resume_after_the_rotated_file_was_deleted_counts_it_missing() {
     let dir = pod.container_dir("app");
     std::fs::create_dir_all(&dir).unwrap();
     let id = ctrd
-        .run_container(&pod, "app", 0, "i=0; while true; do echo \"tick $i\"; i=$((i+1)); usleep 2000; done")
+        .run_container(
+            &pod,
+            "app",
+            0,
+            "i=0; while true; do echo \"tick $i\"; i=$((i+1)); usleep 2000; done",
+        )
         .await;
     let number = |r: &CriRecord| -> usize {
         r.message
@@ -216,16 +262,27 @@ async fn resume_after_the_rotated_file_was_deleted_counts_it_missing() {
 
     let (mut f, _) = follow(&dir, Start::Beginning, &watcher);
     let mut got = Vec::new();
-    read_until(&mut f, &mut got, Duration::from_secs(30), "100 ticks", |g| g.len() >= 100).await;
+    read_until(
+        &mut f,
+        &mut got,
+        Duration::from_secs(30),
+        "100 ticks",
+        |g| g.len() >= 100,
+    )
+    .await;
     let saved = got[49].position;
 
     // Rotate, and once the new file has lines, delete the rotated one: the ticks after
     // the saved position in it are gone.
     let rotated = ctrd.rotate(&pod, "app", 0, &id).await;
     let before = got.len();
-    read_until(&mut f, &mut got, Duration::from_secs(30), "ticks in the new file", |g| {
-        g.len() > before && g.last().unwrap().position.file != saved.file
-    })
+    read_until(
+        &mut f,
+        &mut got,
+        Duration::from_secs(30),
+        "ticks in the new file",
+        |g| g.len() > before && g.last().unwrap().position.file != saved.file,
+    )
     .await;
     let in_rotated = got.iter().filter(|r| r.position.file == saved.file).count();
     std::fs::remove_file(&rotated).unwrap();
@@ -233,13 +290,23 @@ async fn resume_after_the_rotated_file_was_deleted_counts_it_missing() {
     let (mut resumed, missing) = follow(&dir, Start::At(saved), &watcher);
     assert_eq!(missing, Some(Missing::Deleted));
     let mut rest = Vec::new();
-    read_until(&mut resumed, &mut rest, Duration::from_secs(30), "200 ticks after the gap", |g| g.len() >= 200).await;
+    read_until(
+        &mut resumed,
+        &mut rest,
+        Duration::from_secs(30),
+        "200 ticks after the gap",
+        |g| g.len() >= 200,
+    )
+    .await;
     let numbers: Vec<usize> = rest.iter().map(number).collect();
     assert_eq!(
         numbers[0], in_rotated,
         "reading went on at the first line of the new file (the rotated file held ticks 0..{in_rotated})"
     );
-    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "consecutive after the gap");
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive after the gap"
+    );
     assert!(rest.iter().all(|r| r.position.file != saved.file));
 
     ctrd.remove_pod(&pod).await;

@@ -147,18 +147,28 @@ fn a_ten_mib_line_that_never_ends_costs_one_record_and_bounded_memory() {
         at += l.len() as u64;
     }
     assert!(peak <= max, "held {peak} bytes for a {max}-byte limit");
-    let cut: Vec<&CriRecord> = out.iter().filter(|r| r.stream == StreamName::Stdout).collect();
+    let cut: Vec<&CriRecord> = out
+        .iter()
+        .filter(|r| r.stream == StreamName::Stdout)
+        .collect();
     assert_eq!(cut.len(), 1);
     assert!(cut[0].truncated);
     assert_eq!(cut[0].message.len(), max);
     assert_eq!(out.len(), 641);
     assert!(j.position().dropping[0]);
     // Its end, then a normal line.
-    let tail = [line(700, "stdout", false, b"end"), line(701, "stdout", false, b"next")].concat();
+    let tail = [
+        line(700, "stdout", false, b"end"),
+        line(701, "stdout", false, b"next"),
+    ]
+    .concat();
     let mut file = vec![0u8; at as usize];
     file.extend_from_slice(&tail);
     let (more, _) = feed(&mut j, &file, at);
-    assert_eq!(messages(&more), [(StreamName::Stdout, "next".into(), false)]);
+    assert_eq!(
+        messages(&more),
+        [(StreamName::Stdout, "next".into(), false)]
+    );
     assert!(!j.position().dropping[0]);
 }
 
@@ -213,7 +223,11 @@ fn flush_hands_out_lines_without_their_end() {
     let mut j = joiner(100);
     let (out, _) = feed(&mut j, &file, 0);
     assert!(out.is_empty());
-    assert_eq!(j.position().offset, 0, "a line in progress keeps the position");
+    assert_eq!(
+        j.position().offset,
+        0,
+        "a line in progress keeps the position"
+    );
     let mut out = Vec::new();
     j.flush(&mut out);
     assert_eq!(out[0].message, "never ended");
@@ -223,7 +237,10 @@ fn flush_hands_out_lines_without_their_end() {
 #[test]
 fn encoded_positions_round_trip_and_reject_garbage() {
     let p = FilePosition {
-        file: FileId { dev: 2049, ino: 1 << 40 },
+        file: FileId {
+            dev: 2049,
+            ino: 1 << 40,
+        },
         restart: 7,
         fingerprint: 0xdead_beef,
         offset: 123_456,
@@ -231,7 +248,10 @@ fn encoded_positions_round_trip_and_reject_garbage() {
         dropping: [true, false],
     };
     assert_eq!(FilePosition::decode(&p.encode()), Some(p));
-    assert_eq!(FilePosition::decode(&FilePosition::default().encode()), Some(FilePosition::default()));
+    assert_eq!(
+        FilePosition::decode(&FilePosition::default().encode()),
+        Some(FilePosition::default())
+    );
     let mut bad = p.encode();
     bad[28] |= 0x40;
     assert_eq!(FilePosition::decode(&bad), None);
@@ -255,7 +275,12 @@ fn render(entries: &[(bool, bool, Vec<u8>)]) -> Vec<u8> {
         .iter()
         .enumerate()
         .flat_map(|(n, (stderr, partial, m))| {
-            line(n as u32, if *stderr { "stderr" } else { "stdout" }, *partial, m)
+            line(
+                n as u32,
+                if *stderr { "stderr" } else { "stdout" },
+                *partial,
+                m,
+            )
         })
         .collect()
 }

@@ -47,7 +47,10 @@ impl PodLogDir {
 pub enum LogFileName {
     /// `<restart>.log` (the file the runtime writes) or `<restart>.log.<timestamp>` (a
     /// rotated one): readable, in [`order`](LogFileName::order).
-    Plain { restart: u32, rotated: Option<String> },
+    Plain {
+        restart: u32,
+        rotated: Option<String>,
+    },
     /// `<restart>.log.<timestamp>.gz`: rotated and compressed; not read.
     Compressed { restart: u32 },
 }

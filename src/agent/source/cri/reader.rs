@@ -215,10 +215,7 @@ impl DirReader {
         }
         if p.fingerprint != 0 {
             let mut head = Vec::with_capacity(64);
-            (&mut file)
-                .take(64)
-                .read_to_end(&mut head)
-                .map_err(err)?;
+            (&mut file).take(64).read_to_end(&mut head).map_err(err)?;
             if fingerprint(&head) != p.fingerprint {
                 return Ok(None);
             }

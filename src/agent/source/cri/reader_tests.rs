@@ -11,11 +11,17 @@ fn ts(n: u32) -> String {
 }
 
 fn entry(n: u32, stream: &str, partial: bool, msg: &str) -> String {
-    format!("{} {stream} {} {msg}\n", ts(n), if partial { "P" } else { "F" })
+    format!(
+        "{} {stream} {} {msg}\n",
+        ts(n),
+        if partial { "P" } else { "F" }
+    )
 }
 
 fn lines(from: u32, to: u32) -> String {
-    (from..to).map(|n| entry(n, "stdout", false, &format!("line {n}"))).collect()
+    (from..to)
+        .map(|n| entry(n, "stdout", false, &format!("line {n}")))
+        .collect()
 }
 
 fn append(path: &Path, text: &str) {
@@ -80,7 +86,10 @@ fn rotation_by_rename_reads_the_old_file_to_its_end_first() {
     append(&log, &lines(17, 20));
     let (got, _) = read_all(&mut r, false);
     assert_eq!(texts(&got), numbered(17, 20));
-    assert_eq!(r.position().file, FileId::of(&std::fs::metadata(&log).unwrap()));
+    assert_eq!(
+        r.position().file,
+        FileId::of(&std::fs::metadata(&log).unwrap())
+    );
 }
 
 #[test]
@@ -153,7 +162,10 @@ fn restarts_are_read_in_order_and_drain_moves_on_without_new_writes() {
     let (mut r, _) = DirReader::open(dir.path(), Start::Beginning, OPTS).unwrap();
     let (got, _) = read_all(&mut r, false);
     assert_eq!(texts(&got), numbered(0, 6));
-    append(&dir.path().join("1.log.20240501-100000"), &entry(6, "stdout", true, "no end"));
+    append(
+        &dir.path().join("1.log.20240501-100000"),
+        &entry(6, "stdout", true, "no end"),
+    );
     let (got, _) = read_all(&mut r, true);
     assert!(got.is_empty());
     assert_eq!(texts(&r.flush()), ["no end"]);
