@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use logroute::agent::source::cri::{
-    CriRecord, DirWatcher, FilePosition, FollowOptions, Follower, Missing, PodLogDir, ReadOptions,
-    Start,
+    CriRecord, DirWatcher, FilePosition, FollowOptions, Follower, Missing, PodLogDir, ROTATE_GRACE,
+    ReadOptions, Start,
 };
 use logroute::api::StreamName;
 use support::containerd::Containerd;
@@ -22,6 +22,7 @@ fn options() -> FollowOptions {
         read: ReadOptions {
             max_line_bytes: MAX_LINE,
             since: None,
+            rotate_grace: ROTATE_GRACE,
         },
         batch_records: 500,
         poll: Duration::from_millis(500),

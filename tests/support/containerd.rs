@@ -109,6 +109,11 @@ state = "{root}/state"
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      # runc's state of its own, apart from any other containerd's on the machine.
+      Root = "{root}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{root}/cni-bin"
     conf_dir = "{root}/cni-conf"

@@ -242,15 +242,20 @@ impl Follower {
     }
 
     async fn wait(&self) {
+        let retry = lock(&self.reader).retry_at();
+        let mut poll = self.opts.poll;
+        if let Some(at) = retry {
+            poll = poll.min(at.saturating_duration_since(std::time::Instant::now()));
+        }
         let changed = match &self.watch {
             Some(w) => {
                 tokio::select! {
                     _ = w.signal.notify.notified() => w.signal.changed.swap(false, Ordering::Relaxed),
-                    _ = tokio::time::sleep(self.opts.poll) => true,
+                    _ = tokio::time::sleep(poll) => retry.is_none(),
                 }
             }
             None => {
-                tokio::time::sleep(self.opts.poll).await;
+                tokio::time::sleep(poll).await;
                 true
             }
         };
@@ -259,3 +264,7 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "follow_tests.rs"]
+mod tests;

@@ -21,8 +21,9 @@
 //!
 //! **Rotation.** The kubelet renames `N.log` to `N.log.<timestamp>` and has the runtime
 //! reopen `N.log`; the follower keeps reading the renamed file by its open handle, and
-//! moves on to the next file only once the runtime writes there (then the old file gets
-//! no more lines; it is read to its end once more first). A container that exited is read
+//! moves on to the next file once the runtime writes there and
+//! [`ReadOptions::rotate_grace`] has passed (containerd moves stdout and stderr over one
+//! after the other), reading the old file to its end once more first. A container that exited is read
 //! to its end with [`Follower::read_to_end`], which moves on without waiting for writes.
 //! New data and new files are noticed through one agent-wide inotify instance
 //! ([`DirWatcher`]; the directory is listed again only after a create, rename or delete
@@ -54,4 +55,4 @@ pub use join::{CriRecord, Joiner};
 pub use parse::{Entry, Header, ParseError, parse_entry, parse_header};
 pub use path::{LogFileName, PodLogDir};
 pub use position::{ENCODED_LEN, FileId, FilePosition, fingerprint};
-pub use reader::{Batch, CriError, DirReader, Missing, ReadOptions, Start};
+pub use reader::{Batch, CriError, DirReader, Missing, ROTATE_GRACE, ReadOptions, Start};

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::record::Timestamp;
 
@@ -25,7 +26,16 @@ pub struct ReadOptions {
     pub max_line_bytes: usize,
     /// Lines stamped earlier are read but not handed out (a lane that starts at a time).
     pub since: Option<Timestamp>,
+    /// How long a renamed file may still get lines after the reopened file got its
+    /// first: containerd moves stdout and stderr to the new file one after the other, so
+    /// the other stream's last line can land in the old file just after. Reading moves on
+    /// this long after the new file was first seen written (at once for an exited
+    /// container).
+    pub rotate_grace: Duration,
 }
+
+/// The default [`ReadOptions::rotate_grace`].
+pub const ROTATE_GRACE: Duration = Duration::from_millis(250);
 
 /// Where to start reading.
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +150,9 @@ pub struct DirReader {
     rescan: bool,
     /// `cur` is read to its end once more before moving on to `next`.
     final_pass: bool,
+    /// When to move on to `next`, which the runtime writes now.
+    switch_at: Option<Instant>,
+    rotate_grace: Duration,
     joiner: Joiner,
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
@@ -161,6 +174,8 @@ impl DirReader {
             min_restart: 0,
             rescan: true,
             final_pass: false,
+            switch_at: None,
+            rotate_grace: opts.rotate_grace,
             joiner: Joiner::new(&FilePosition::default(), opts.max_line_bytes, opts.since),
             buf: Vec::new(),
             buf_at: 0,
@@ -235,6 +250,12 @@ impl DirReader {
         self.rescan = true;
     }
 
+    /// When reading should be tried again without an event: the end of a rotation's
+    /// grace (see [`ReadOptions::rotate_grace`]).
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.switch_at
+    }
+
     /// Bytes held: the read buffer and lines in progress.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.capacity() + self.joiner.pending_bytes()
@@ -276,6 +297,12 @@ impl DirReader {
             if !(drain || written) {
                 break;
             }
+            let switch_at = *self
+                .switch_at
+                .get_or_insert_with(|| Instant::now() + self.rotate_grace);
+            if !drain && Instant::now() < switch_at {
+                break;
+            }
             if !self.final_pass {
                 self.final_pass = true;
                 continue;
@@ -304,6 +331,7 @@ impl DirReader {
         self.buf_at = 0;
         self.long = Long::None;
         self.final_pass = false;
+        self.switch_at = None;
         self.cur = Some(file);
         // What comes after it is looked for when it is read to its end.
         self.rescan = true;

@@ -1,6 +1,8 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -37,6 +39,7 @@ fn append(path: &Path, text: &str) {
 const OPTS: ReadOptions = ReadOptions {
     max_line_bytes: 1024,
     since: None,
+    rotate_grace: Duration::ZERO,
 };
 
 fn read_all(r: &mut DirReader, drain: bool) -> (Vec<CriRecord>, u64) {
@@ -246,4 +249,55 @@ proptest! {
         got.extend(read_all(&mut r, true).0);
         prop_assert_eq!(texts(&got), expected);
     }
+}
+
+#[test]
+fn ten_mib_without_an_end_hold_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    // 10 MiB of partial entries, as a runtime writes a line that never ends...
+    let chunk = "p".repeat(16 * 1024);
+    let mut text = String::new();
+    for n in 0..640 {
+        text.push_str(&entry(n, "stdout", true, &chunk));
+    }
+    append(&log, &text);
+    // ...and 10 MiB on the other stream in one file line without its newline.
+    append(
+        &log,
+        &format!("{} stderr F {}", ts(1000), "q".repeat(10 << 20)),
+    );
+    let (mut r, _) = DirReader::open(dir.path(), Start::Beginning, OPTS).unwrap();
+    let mut got = Vec::new();
+    let mut peak = 0;
+    loop {
+        let b = r.read(7, false).unwrap();
+        peak = peak.max(r.buffered_bytes());
+        if b.is_empty() {
+            break;
+        }
+        got.extend(b.records);
+    }
+    let bound = 2 * LINE_BUFFER_MAX + CHUNK + 2 * OPTS.max_line_bytes;
+    assert!(peak <= bound, "held {peak} bytes (bound {bound})");
+    assert_eq!(got.len(), 1, "the partial line once, cut");
+    assert!(got[0].truncated && got[0].stream == StreamName::Stdout);
+    assert_eq!(got[0].message.len(), OPTS.max_line_bytes);
+    // The unterminated stderr line is not consumed: the position stays before it.
+    assert_eq!(r.position().offset, text.len() as u64);
+    append(&log, "\n");
+    append(&log, &entry(1001, "stdout", false, "end"));
+    append(&log, &entry(1002, "stdout", false, "next"));
+    let (more, _) = read_all(&mut r, false);
+    let summary: Vec<(StreamName, bool, usize)> = more
+        .iter()
+        .map(|r| (r.stream, r.truncated, r.message.len()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (StreamName::Stderr, true, 1024),
+            (StreamName::Stdout, false, 4)
+        ]
+    );
 }
