@@ -76,6 +76,28 @@ async fn read_to_end(f: &mut Follower, got: &mut Vec<CriRecord>) {
     got.extend(f.flush());
 }
 
+/// The directory's files with their inode and size, for failure messages.
+fn listing(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let m = e.metadata().ok();
+                    format!(
+                        "{} (inode {}, {} bytes)",
+                        e.file_name().to_string_lossy(),
+                        m.as_ref().map(|m| m.ino()).unwrap_or_default(),
+                        m.map(|m| m.len()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.join(", ")
+}
+
 fn texts(records: &[CriRecord], stream: StreamName) -> Vec<String> {
     records
         .iter()
@@ -187,7 +209,14 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
     while got.len() < N {
         let batch = tokio::time::timeout(Duration::from_secs(60), f.next_batch())
             .await
-            .unwrap_or_else(|_| panic!("no line for 60 s; have {} of {N}", got.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no line for 60 s; have {} of {N}, at {:?}; files: {}",
+                    got.len(),
+                    f.position(),
+                    listing(&dir)
+                )
+            })
             .expect("read the log");
         got.extend(batch.records);
         if got.len() >= next_rotation_at && rotations < 8 {

@@ -150,6 +150,8 @@ pub struct DirReader {
     rescan: bool,
     /// `cur` is read to its end once more before moving on to `next`.
     final_pass: bool,
+    /// A file after `cur` holds data (as of the last listing).
+    later_written: bool,
     /// When to move on to `next`, which the runtime writes now.
     switch_at: Option<Instant>,
     rotate_grace: Duration,
@@ -174,6 +176,7 @@ impl DirReader {
             min_restart: 0,
             rescan: true,
             final_pass: false,
+            later_written: false,
             switch_at: None,
             rotate_grace: opts.rotate_grace,
             joiner: Joiner::new(&FilePosition::default(), opts.max_line_bytes, opts.since),
@@ -191,15 +194,15 @@ impl DirReader {
             Start::Beginning => return Ok((reader, None)),
         };
         reader.min_restart = p.restart;
-        let found = listing.files.into_iter().find(|(_, _, id)| *id == p.file);
-        if let Some((name, path, id)) = found
-            && let Some(file) = reader.resume_in(&path, &p)?
+        let found = listing.files.into_iter().find(|f| f.id == p.file);
+        if let Some(f) = found
+            && let Some(file) = reader.resume_in(&f.path, &p)?
         {
             reader.cur = Some(Open {
                 file,
-                id,
-                name,
-                path,
+                id: f.id,
+                name: f.name,
+                path: f.path,
             });
             reader.buf_at = p.offset;
             reader.joiner = Joiner::new(&p, opts.max_line_bytes, opts.since);
@@ -286,15 +289,17 @@ impl DirReader {
             if batch.records.len() >= limit || self.fill()? > 0 {
                 continue;
             }
-            if self.rescan {
+            // The runtime writes to a later file: the current one is complete. (Not
+            // necessarily the next: two quick rotations leave an empty file between.)
+            let next_written = |n: &Open| n.file.metadata().map(|m| m.len() > 0).unwrap_or(true);
+            if self.rescan || self.next.as_ref().is_some_and(|n| !next_written(n)) {
                 self.rescan = false;
-                self.next = self.find_next()?;
+                (self.next, self.later_written) = self.find_next()?;
             }
             let Some(next) = &self.next else {
                 break;
             };
-            let written = next.file.metadata().map(|m| m.len() > 0).unwrap_or(true);
-            if !(drain || written) {
+            if !(drain || self.later_written || next_written(next)) {
                 break;
             }
             let switch_at = *self
@@ -332,6 +337,7 @@ impl DirReader {
         self.long = Long::None;
         self.final_pass = false;
         self.switch_at = None;
+        self.later_written = false;
         self.cur = Some(file);
         // What comes after it is looked for when it is read to its end.
         self.rescan = true;
@@ -427,9 +433,9 @@ impl DirReader {
     /// The oldest readable file.
     fn first_file(&self) -> Result<Option<Open>, CriError> {
         let listing = self.list()?;
-        for (name, path, _) in listing.files {
-            if name.restart() >= self.min_restart
-                && let Some(open) = self.open_file(name, path)?
+        for f in listing.files {
+            if f.name.restart() >= self.min_restart
+                && let Some(open) = self.open_file(f.name, f.path)?
             {
                 return Ok(Some(open));
             }
@@ -440,26 +446,30 @@ impl DirReader {
     /// The file to read after the current one: the oldest that sorts after it (by the
     /// name it has now) and is not it. A file that took over the current file's name
     /// (the runtime reopened it after the kubelet renamed it) counts as after it.
-    fn find_next(&self) -> Result<Option<Open>, CriError> {
+    /// Also says whether any file after it holds data.
+    fn find_next(&self) -> Result<(Option<Open>, bool), CriError> {
         let Some(cur) = &self.cur else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let listing = self.list()?;
         let cur_name = listing
             .files
             .iter()
-            .find(|(_, _, id)| *id == cur.id)
-            .map(|(name, _, _)| name.clone())
+            .find(|f| f.id == cur.id)
+            .map(|f| f.name.clone())
             .unwrap_or_else(|| cur.name.clone());
-        for (name, path, id) in listing.files {
-            if id != cur.id
-                && name.order(&cur_name).is_ge()
-                && let Some(open) = self.open_file(name, path)?
-            {
-                return Ok(Some(open));
+        let mut next = None;
+        let mut later_written = false;
+        for f in listing.files {
+            if f.id == cur.id || f.name.order(&cur_name).is_lt() {
+                continue;
+            }
+            later_written |= f.len > 0;
+            if next.is_none() {
+                next = self.open_file(f.name, f.path)?;
             }
         }
-        Ok(None)
+        Ok((next, later_written))
     }
 
     fn open_file(&self, name: LogFileName, path: PathBuf) -> Result<Option<Open>, CriError> {
@@ -502,17 +512,29 @@ impl DirReader {
                 continue;
             };
             if meta.is_file() {
-                listing.files.push((name, entry.path(), FileId::of(&meta)));
+                listing.files.push(Listed {
+                    name,
+                    path: entry.path(),
+                    id: FileId::of(&meta),
+                    len: meta.len(),
+                });
             }
         }
-        listing.files.sort_by(|a, b| a.0.order(&b.0));
+        listing.files.sort_by(|a, b| a.name.order(&b.name));
         Ok(listing)
     }
 }
 
+struct Listed {
+    name: LogFileName,
+    path: PathBuf,
+    id: FileId,
+    len: u64,
+}
+
 #[derive(Default)]
 struct Listing {
-    files: Vec<(LogFileName, PathBuf, FileId)>,
+    files: Vec<Listed>,
     compressed: bool,
 }
 

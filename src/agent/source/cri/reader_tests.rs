@@ -301,3 +301,18 @@ fn ten_mib_without_an_end_hold_bounded_memory() {
         ]
     );
 }
+
+#[test]
+fn two_quick_rotations_leave_an_empty_file_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    append(&log, &lines(0, 3));
+    let (mut r, _) = DirReader::open(dir.path(), Start::Beginning, OPTS).unwrap();
+    assert_eq!(texts(&read_all(&mut r, false).0), numbered(0, 3));
+    std::fs::rename(&log, dir.path().join("0.log.20240501-100000")).unwrap();
+    append(&log, "");
+    std::fs::rename(&log, dir.path().join("0.log.20240501-100001")).unwrap();
+    append(&log, &lines(3, 6));
+    r.dir_changed();
+    assert_eq!(texts(&read_all(&mut r, false).0), numbered(3, 6));
+}
