@@ -197,22 +197,25 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
     let dir = pod.container_dir("app");
     std::fs::create_dir_all(&dir).unwrap();
     let (mut f, _) = follow(&dir, Start::Beginning, &watcher);
-    const N: usize = 20_000;
+    // N lines on each stream; the two streams move to a reopened file one after the
+    // other, so both matter.
+    const N: usize = 10_000;
     let script = format!(
-        "i=0; while [ $i -lt {N} ]; do echo \"line $i\"; i=$((i+1)); if [ $((i % 500)) = 0 ]; then usleep 20000; fi; done; sleep 3600"
+        "i=0; while [ $i -lt {N} ]; do echo \"line $i\"; echo \"err $i\" >&2; i=$((i+1)); if [ $((i % 250)) = 0 ]; then usleep 20000; fi; done; sleep 3600"
     );
     let id = ctrd.run_container(&pod, "app", 0, &script).await;
     let mut got = Vec::new();
     let mut saved: Option<(FilePosition, usize)> = None;
     let mut rotations = 0;
     let mut next_rotation_at = 1000;
-    while got.len() < N {
+    while got.len() < 2 * N {
         let batch = tokio::time::timeout(Duration::from_secs(60), f.next_batch())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "no line for 60 s; have {} of {N}, at {:?}; files: {}",
+                    "no line for 60 s; have {} of {}, at {:?}; files: {}",
                     got.len(),
+                    2 * N,
                     f.position(),
                     listing(&dir)
                 )
@@ -229,7 +232,19 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
         }
     }
     assert_eq!(texts(&got, StreamName::Stdout), numbered("line", 0, N));
+    assert_eq!(texts(&got, StreamName::Stderr), numbered("err", 0, N));
     assert!(rotations >= 5, "rotated {rotations} times mid-stream");
+    let written_rotated = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("0.log."))
+        .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+        .count();
+    assert!(
+        written_rotated >= 3,
+        "rotations came while the container wrote: {}",
+        listing(&dir)
+    );
     let files = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(
         files,
@@ -248,15 +263,19 @@ async fn rotation_by_rename_and_reopen_mid_stream_loses_and_repeats_nothing() {
         &mut rest,
         Duration::from_secs(30),
         "the rest",
-        |g| g.len() >= N - seen,
+        |g| g.len() >= 2 * N - seen,
     )
     .await;
-    assert_eq!(texts(&rest, StreamName::Stdout), numbered("line", seen, N));
+    assert_eq!(
+        rest[..],
+        got[seen..],
+        "exactly the records after the saved one"
+    );
     ctrd.stop_container(&id).await;
     read_to_end(&mut resumed, &mut rest).await;
     assert_eq!(
         rest.len(),
-        N - seen,
+        2 * N - seen,
         "nothing more after the container stopped"
     );
 
