@@ -444,6 +444,11 @@ state = "{root}/state"
         let Some(mut child) = self.child.take() else {
             return;
         };
+        // Containers still running (a test that failed before removing its pods) would
+        // outlive their shims: kill them by the pids runc recorded in its own state.
+        for pid in container_pids(&self.dir.path().join("runc")) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let _ = child.kill();
         let _ = child.wait();
         let socket = self.socket().display().to_string();
@@ -513,6 +518,24 @@ fn uuid_like() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// The init pids of the containers runc keeps state for under `root`.
+fn container_pids(root: &Path) -> Vec<u32> {
+    let Ok(namespaces) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    namespaces
+        .flatten()
+        .filter_map(|ns| std::fs::read_dir(ns.path()).ok())
+        .flat_map(|containers| containers.flatten())
+        .filter_map(|c| std::fs::read(c.path().join("state.json")).ok())
+        .filter_map(|state| {
+            let state: serde_json::Value = serde_json::from_slice(&state).ok()?;
+            u32::try_from(state.get("init_process_pid")?.as_u64()?).ok()
+        })
+        .filter(|pid| *pid > 1)
+        .collect()
 }
 
 /// Processes whose command line contains `needle`.
