@@ -268,8 +268,18 @@ impl DirReader {
     /// end before the next one; reading moves on to the next file once the runtime
     /// writes there (or at once with `drain`, for a container that exited). An empty
     /// batch: nothing more for now.
+    ///
+    /// An error after some records were read returns those records; the error comes
+    /// again at the next read if its cause stays.
     pub fn read(&mut self, limit: usize, drain: bool) -> Result<Batch, CriError> {
         let mut batch = Batch::default();
+        match self.read_into(&mut batch, limit, drain) {
+            Err(e) if batch.is_empty() => Err(e),
+            _ => Ok(batch),
+        }
+    }
+
+    fn read_into(&mut self, batch: &mut Batch, limit: usize, drain: bool) -> Result<(), CriError> {
         if drain {
             self.rescan = true;
         }
@@ -282,10 +292,10 @@ impl DirReader {
                 let Some(first) = self.first_file()? else {
                     break;
                 };
-                self.begin_file(first, &mut batch);
+                self.begin_file(first, batch);
                 continue;
             }
-            self.consume(&mut batch);
+            self.consume(batch);
             if batch.records.len() >= limit || self.fill()? > 0 {
                 continue;
             }
@@ -313,9 +323,9 @@ impl DirReader {
                 continue;
             }
             let next = self.next.take().expect("checked above");
-            self.begin_file(next, &mut batch);
+            self.begin_file(next, batch);
         }
-        Ok(batch)
+        Ok(())
     }
 
     /// The log has ended for good: hand out lines that never got their end.
@@ -432,7 +442,7 @@ impl DirReader {
 
     /// The oldest readable file.
     fn first_file(&self) -> Result<Option<Open>, CriError> {
-        let listing = self.list()?;
+        let listing = self.list_if_there()?;
         for f in listing.files {
             if f.name.restart() >= self.min_restart
                 && let Some(open) = self.open_file(f.name, f.path)?
@@ -451,7 +461,7 @@ impl DirReader {
         let Some(cur) = &self.cur else {
             return Ok((None, false));
         };
-        let listing = self.list()?;
+        let listing = self.list_if_there()?;
         let cur_name = listing
             .files
             .iter()
@@ -489,6 +499,17 @@ impl DirReader {
             name,
             path,
         }))
+    }
+
+    /// Like [`list`](Self::list), but a directory that is gone (the kubelet removed a
+    /// deleted pod's logs) holds no more files: the open one is still read to its end.
+    fn list_if_there(&self) -> Result<Listing, CriError> {
+        match self.list() {
+            Err(CriError::Dir { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Listing::default())
+            }
+            other => other,
+        }
     }
 
     /// The readable files, oldest first, and whether compressed ones are there.

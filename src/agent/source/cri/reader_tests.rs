@@ -316,3 +316,20 @@ fn two_quick_rotations_leave_an_empty_file_between() {
     r.dir_changed();
     assert_eq!(texts(&read_all(&mut r, false).0), numbered(3, 6));
 }
+
+#[test]
+fn a_removed_directory_still_yields_the_open_file_to_its_end() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app");
+    std::fs::create_dir(&dir).unwrap();
+    let log = dir.join("0.log");
+    append(&log, &lines(0, 3));
+    let (mut r, _) = DirReader::open(&dir, Start::Beginning, OPTS).unwrap();
+    assert_eq!(texts(&read_all(&mut r, false).0), numbered(0, 3));
+    // The last lines, then the pod's logs are removed while the file is open.
+    append(&log, &lines(3, 5));
+    std::fs::remove_dir_all(&dir).unwrap();
+    r.dir_changed();
+    assert_eq!(texts(&read_all(&mut r, true).0), numbered(3, 5));
+    assert!(r.read(10, true).unwrap().is_empty());
+}
