@@ -2,8 +2,10 @@
 # Install and start what the test suite needs on a Debian machine (run as root):
 # Docker (dockerd with --live-restore), rsyslog with TLS, busybox-static for test
 # images, nginx and openssl for the TLS/auth front of the search server, the pinned
-# osmem-server from PyPI, the chart tools, and promtool (Debian's prometheus package)
-# to lint the metrics exposition. Idempotent: safe to run again.
+# osmem-server from PyPI, the chart tools, promtool (Debian's prometheus package)
+# to lint the metrics exposition, and containerd with runc for the CRI log tests (each
+# test starts a containerd of its own; protoc builds the CRI client crate).
+# Idempotent: safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   docker.io rsyslog rsyslog-gnutls busybox-static nginx-light openssl gnutls-bin \
-  ca-certificates procps iproute2 python3-pip python3-venv prometheus >/dev/null
+  ca-certificates procps iproute2 python3-pip python3-venv prometheus \
+  containerd runc protobuf-compiler >/dev/null
 
 log "python packages"
 if [ -f tests/requirements-osmem.txt ]; then

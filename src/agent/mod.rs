@@ -13,6 +13,7 @@ pub mod multiline;
 pub mod pipeline;
 pub mod pods;
 pub mod routes;
+pub mod source;
 pub mod spill;
 
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@ pub mod agent_proc;
 pub mod apiserver;
 pub mod bulk;
 pub mod cluster;
+pub mod containerd;
 pub mod docker;
 pub mod dockerd;
 pub mod env;
