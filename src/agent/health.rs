@@ -179,14 +179,20 @@ impl Tracker {
         }
         self.state.retain(|key, _| obs.totals.contains_key(key));
         self.samples.push_back((at, obs.totals.clone()));
+        // Keep the newest sample at or before the window's start as the baseline.
         while self
             .samples
-            .front()
-            .is_some_and(|(t, _)| at.duration_since(*t) > self.window)
+            .get(1)
+            .is_some_and(|(t, _)| at.duration_since(*t) >= self.window)
         {
             self.samples.pop_front();
         }
-        let oldest = self.samples.front().map(|(_, t)| t);
+        // An agent younger than the window counts from zero: all it did is in the window.
+        let empty = HashMap::new();
+        let oldest = match self.samples.front() {
+            Some((t, totals)) if at.duration_since(*t) >= self.window => Some(totals),
+            _ => Some(&empty),
+        };
         let mut routes = Vec::new();
         for (route, sinks) in &obs.routes {
             let mut reports = Vec::new();
@@ -414,7 +420,7 @@ mod tests {
 
         let r = tr.observe(at(30), wall(30), obs(150, 3, 0));
         let s = &r.routes[0].sinks[0];
-        assert_eq!(s.delivered, 50, "only the window's growth after the first sample");
+        assert_eq!(s.delivered, 150, "an agent younger than the window counts from zero");
         assert_eq!(s.failing_since, None, "records were accepted in this sample too");
 
         let r = tr.observe(at(40), wall(40), obs(150, 7, 2));
@@ -428,13 +434,20 @@ mod tests {
         let r = tr.observe(at(50), wall(50), obs(150, 9, 2));
         assert_eq!(r.routes[0].sinks[0].failing_since, Some(wall(40)), "since stays");
 
-        // The first sample leaves the window: counts are relative to the 30 s one.
+        // The first sample is the newest at or before the window's start: the baseline.
         let r = tr.observe(at(80), wall(80), obs(170, 9, 2));
         let s = &r.routes[0].sinks[0];
         assert_eq!(s.failing_since, None, "records accepted again clear it");
-        assert_eq!(s.delivered, 20);
-        assert_eq!(s.send_errors.get("connect"), Some(&6));
+        assert_eq!(s.delivered, 70);
+        assert_eq!(s.send_errors.get("connect"), Some(&9));
         assert_eq!(s.last_success, Some(wall(80)));
+
+        // Now the 40 s sample is: 30 s and 0 s are gone.
+        let r = tr.observe(at(100), wall(100), obs(180, 9, 2));
+        let s = &r.routes[0].sinks[0];
+        assert_eq!(s.delivered, 30);
+        assert_eq!(s.send_errors.get("connect"), Some(&2));
+        assert!(s.dropped.is_empty(), "{:?}", s.dropped);
     }
 
     #[test]
