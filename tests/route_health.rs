@@ -227,3 +227,119 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     );
     assert!(metrics.contains("logroute_controller_agent_reports_total{result=\"status\"}"));
 }
+
+/// Flags of the end-to-end run: the agent samples every 5 s (fixed), the controller
+/// polls every 500 ms. The documented delay (docs/status.md) is one sample plus one poll
+/// plus the write queue: 5 s + 0.5 s here, 5 s + 15 s with the defaults.
+const E2E_FLAGS: &[&str] = &[
+    "--health-poll-ms",
+    "500",
+    "--health-stale-seconds",
+    "15",
+    "--status-writes-per-second",
+    "20",
+    "--health-refresh-seconds",
+    "0",
+];
+/// One agent sample (5 s) + one controller poll (0.5 s) + the time the sink takes to see
+/// its peer gone (writes into a closed TCP connection may first succeed), with room.
+const SHOWN_WITHIN: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_get_shows_a_failing_syslog_sink_and_its_recovery() {
+    use support::cluster::Cluster;
+    let Some(mut c) = Cluster::start("health").await else {
+        return;
+    };
+    // In the operator namespace, so the controller's default egress policy lets it send
+    // to the loopback receiver; `namespaceSelector: {}` takes the tenant's pods.
+    let spec = c.render(
+        r#"
+selector: {namespaceSelector: {}}
+sinks:
+- name: central
+  syslog: {address: "127.0.0.1:{tcp}"}
+"#,
+    );
+    c.api.apply(json!({
+        "apiVersion": "logroute.dev/v1alpha1", "kind": "LogRoute",
+        "metadata": {"name": "all", "namespace": OPERATOR_NS}, "spec": spec,
+    }));
+    let mut ctl = ControllerProc::start(c.dir.path(), &c.kubeconfig, E2E_FLAGS);
+    let mut agent = c.agent(&[]);
+    agent.wait_ready(Duration::from_secs(30));
+    c.api
+        .apply(agent_pod("logroute-agent-1", support::agent_proc::NODE, agent.port()));
+    let pod = c.pod("ticker", &[("app", "ticker")], &[]);
+    let _ticker = c
+        .run(
+            &pod,
+            "c",
+            "i=0; while true; do i=$((i+1)); echo tick-$i; usleep 100000; done",
+        )
+        .await;
+    let get = |api: &ApiServer| {
+        api.get("logroute.dev/v1alpha1", "LogRoute", OPERATOR_NS, "all")
+            .expect("the LogRoute exists")
+    };
+    let delivering = |obj: &Value| printer::column(obj, "Delivering");
+
+    let healthy = ctl.wait_for("DELIVERING True", Duration::from_secs(60), || {
+        let obj = get(&c.api);
+        let delivered = obj["status"]["health"]["sinks"][0]["delivered"]
+            .as_u64()
+            .unwrap_or(0);
+        if delivering(&obj) == "True" && delivered > 0 {
+            Ok(obj)
+        } else {
+            Err(format!("{}\n{}", printer::get_table(&[obj.clone()], true), obj["status"]))
+        }
+    });
+    assert_eq!(printer::column(&healthy, "Ready"), "True");
+    assert_eq!(printer::column(&healthy, "Sinks"), "1/1");
+    let central = &healthy["status"]["health"]["sinks"][0];
+    assert_eq!(central["kind"], "syslog");
+    assert_eq!(central["containers"], 1);
+    assert!(central["lastDelivery"].is_string(), "{central}");
+    println!("healthy:\n{}", printer::get_table(&[healthy.clone()], false));
+
+    c.rsyslog.stop();
+    let stopped = std::time::Instant::now();
+    let failed = ctl.wait_for("DELIVERING False (SinkFailing)", SHOWN_WITHIN, || {
+        let obj = get(&c.api);
+        match condition(&obj, "Delivering") {
+            Some((s, r, _)) if s == "False" && r == "SinkFailing" => Ok(obj),
+            other => Err(format!("{other:?}; agent /routes: {:?}", agent.get("/routes"))),
+        }
+    });
+    println!("failure shown {:?} after rsyslog stopped", stopped.elapsed());
+    let central = &failed["status"]["health"]["sinks"][0];
+    assert_eq!(central["state"], "Failing");
+    let error = central["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("cannot connect to the receiver on 1 of 1 node since "),
+        "{error}"
+    );
+    assert!(central["sendErrors"].as_u64().unwrap_or(0) > 0, "{central}");
+    assert_eq!(printer::column(&failed, "Sinks"), "0/1");
+    println!("failing:\n{}", printer::get_table(&[failed.clone()], false));
+    println!("failing, wide:\n{}", printer::get_table(&[failed.clone()], true));
+
+    c.rsyslog.restart().expect("rsyslog restarts");
+    let restarted = std::time::Instant::now();
+    // The sink retries with a backoff of at most 10 s; then one sample and one poll.
+    let recovered = ctl.wait_for("DELIVERING True again", SHOWN_WITHIN + Duration::from_secs(12), || {
+        let obj = get(&c.api);
+        if delivering(&obj) == "True" {
+            Ok(obj)
+        } else {
+            Err(format!("{}", obj["status"]))
+        }
+    });
+    println!("recovery shown {:?} after rsyslog restarted", restarted.elapsed());
+    let central = &recovered["status"]["health"]["sinks"][0];
+    assert_eq!(central["state"], "Delivering");
+    assert!(central.get("error").is_none(), "{central}");
+    println!("recovered:\n{}", printer::get_table(&[recovered.clone()], false));
+    c.rsyslog.wait_for(1, Duration::from_secs(10));
+}
