@@ -3,7 +3,8 @@
 # Docker (dockerd with --live-restore), rsyslog with TLS, busybox-static for test
 # images, nginx and openssl for the TLS/auth front of the search server, the pinned
 # osmem-server from PyPI, the chart tools, and promtool (Debian's prometheus package)
-# to lint the metrics exposition. Idempotent: safe to run again.
+# to lint the metrics exposition and to check and unit-test the alert rules
+# (tests/alerts.rs). Idempotent: safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

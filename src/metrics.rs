@@ -58,7 +58,9 @@ fn histogram(
 /// Add the process's CPU, memory and file descriptor metrics (`process_*`, Linux) to
 /// `reg`; a registry that has them already keeps them.
 fn process_metrics(reg: &Registry) {
-    let _ = reg.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+    let _ = reg.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
 }
 
 /// Metrics of the controller.

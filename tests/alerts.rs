@@ -53,6 +53,9 @@ fn every_alert_is_unit_tested_and_has_a_runbook() {
         );
         let anchor = format!("docs/alerts.md#{}", name.to_lowercase());
         let text = std::fs::read_to_string(repo().join(RULES)).expect("rules");
-        assert!(text.contains(&anchor), "{name}'s runbook annotation does not point at {anchor}");
+        assert!(
+            text.contains(&anchor),
+            "{name}'s runbook annotation does not point at {anchor}"
+        );
     }
 }

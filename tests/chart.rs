@@ -1181,24 +1181,45 @@ fn dashboard_alerts_and_route_health_wiring() {
         let selector = env_value(c, "LOGROUTE_AGENT_SELECTOR").expect("agent selector");
         for pair in selector.split(',') {
             let (k, v) = pair.split_once('=').expect("key=value");
-            assert_eq!(pod_labels.get(k).map(String::as_str), Some(v), "{}: {pair}", render.describe());
+            assert_eq!(
+                pod_labels.get(k).map(String::as_str),
+                Some(v),
+                "{}: {pair}",
+                render.describe()
+            );
         }
-        assert!(selector.contains("app.kubernetes.io/instance="), "{selector}");
+        assert!(
+            selector.contains("app.kubernetes.io/instance="),
+            "{selector}"
+        );
         let port = env_value(c, "LOGROUTE_AGENT_PORT").expect("agent port");
         let ds_port = one::<DaemonSet>(&docs, "DaemonSet")
             .spec
             .and_then(|s| s.template.spec)
             .map(|p| p.containers[0].ports.clone().unwrap_or_default())
-            .and_then(|ports| ports.into_iter().find(|p| p.name.as_deref() == Some("metrics")))
+            .and_then(|ports| {
+                ports
+                    .into_iter()
+                    .find(|p| p.name.as_deref() == Some("metrics"))
+            })
             .map(|p| p.container_port.to_string());
         assert_eq!(Some(port), ds_port, "{}", render.describe());
     }
     let docs = NON_DEFAULT.template(&helm);
     let (controller, _) = workloads(&docs);
     let c = &controller.containers[0];
-    assert_eq!(env_value(c, "LOGROUTE_HEALTH_POLL_MS").as_deref(), Some("30000"));
-    assert_eq!(env_value(c, "LOGROUTE_STATUS_WRITES_PER_SECOND").as_deref(), Some("0.5"));
-    assert_eq!(env_value(c, "LOGROUTE_LAG_THRESHOLD_SECONDS").as_deref(), Some("120"));
+    assert_eq!(
+        env_value(c, "LOGROUTE_HEALTH_POLL_MS").as_deref(),
+        Some("30000")
+    );
+    assert_eq!(
+        env_value(c, "LOGROUTE_STATUS_WRITES_PER_SECOND").as_deref(),
+        Some("0.5")
+    );
+    assert_eq!(
+        env_value(c, "LOGROUTE_LAG_THRESHOLD_SECONDS").as_deref(),
+        Some("120")
+    );
 
     let dashboard = docs
         .iter()
@@ -1206,13 +1227,22 @@ fn dashboard_alerts_and_route_health_wiring() {
         .expect("the dashboard ConfigMap");
     assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
-    assert_eq!(dashboard["metadata"]["annotations"]["grafana_folder"], "Logging");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "Logging"
+    );
     let file = std::fs::read_to_string(repo().join("charts/logroute/files/dashboard.json"))
         .expect("read the dashboard");
-    let shipped: serde_json::Value =
-        serde_json::from_str(dashboard["data"]["logroute.json"].as_str().expect("JSON key"))
-            .expect("the shipped dashboard parses");
-    assert_eq!(shipped, serde_json::from_str::<serde_json::Value>(&file).expect("file parses"));
+    let shipped: serde_json::Value = serde_json::from_str(
+        dashboard["data"]["logroute.json"]
+            .as_str()
+            .expect("JSON key"),
+    )
+    .expect("the shipped dashboard parses");
+    assert_eq!(
+        shipped,
+        serde_json::from_str::<serde_json::Value>(&file).expect("file parses")
+    );
 
     let rule = docs
         .iter()
@@ -1225,6 +1255,8 @@ fn dashboard_alerts_and_route_health_wiring() {
             .expect("read the rules"),
     )
     .expect("rules YAML");
-    assert_eq!(rule["spec"]["groups"], rules["groups"], "the PrometheusRule holds the rules file");
+    assert_eq!(
+        rule["spec"]["groups"], rules["groups"],
+        "the PrometheusRule holds the rules file"
+    );
 }
-

@@ -31,15 +31,23 @@ fn agent_exposition() -> String {
     m.bytes_read.with_label_values(&["stdout"]).inc_by(10);
     m.lines_truncated.inc();
     m.records_routed.with_label_values(&rs).inc();
-    m.records_filtered.with_label_values(&["ns/r", "include"]).inc();
-    m.records_dropped.with_label_values(&["ns/r", "central", "rotated"]).inc();
+    m.records_filtered
+        .with_label_values(&["ns/r", "include"])
+        .inc();
+    m.records_dropped
+        .with_label_values(&["ns/r", "central", "rotated"])
+        .inc();
     m.records_unresumed.with_label_values(&["withdrawn"]).inc();
     m.records_sent.with_label_values(&sink).inc();
-    m.send_errors.with_label_values(&["syslog", "ns/r", "central", "connect"]).inc();
+    m.send_errors
+        .with_label_values(&["syslog", "ns/r", "central", "connect"])
+        .inc();
     m.send_retries.with_label_values(&sink).inc();
     m.records_cut.with_label_values(&sink).inc();
     m.sink_reconnects.with_label_values(&sink).inc();
-    m.egress_refused.with_label_values(&["syslog", "ns/r", "central", "builtin:loopback"]).inc();
+    m.egress_refused
+        .with_label_values(&["syslog", "ns/r", "central", "builtin:loopback"])
+        .inc();
     m.queue_depth.with_label_values(&rs).set(1);
     m.queue_bytes.with_label_values(&rs).set(100);
     m.sink_lag_seconds.with_label_values(&rs).set(1.5);
@@ -53,9 +61,15 @@ fn agent_exposition() -> String {
     m.end_to_end_latency.with_label_values(&sink).observe(0.2);
     m.docker_reconnects.inc();
     m.routes_loaded.with_label_values(&["active"]).set(1);
-    m.es_documents.with_label_values(&["ns/r", "search", "created"]).inc();
-    m.es_bulk_duration.with_label_values(&["ns/r", "search"]).observe(0.1);
-    m.es_batch_size.with_label_values(&["ns/r", "search"]).observe(10.0);
+    m.es_documents
+        .with_label_values(&["ns/r", "search", "created"])
+        .inc();
+    m.es_bulk_duration
+        .with_label_values(&["ns/r", "search"])
+        .observe(0.1);
+    m.es_batch_size
+        .with_label_values(&["ns/r", "search"])
+        .observe(10.0);
     render(&reg)
 }
 
@@ -64,7 +78,9 @@ fn controller_exposition() -> String {
     let reg = Registry::new();
     let m = ControllerMetrics::new(&reg);
     m.reconciliations.with_label_values(&["ready"]).inc();
-    m.reconcile_duration.with_label_values(&[] as &[&str]).observe(0.01);
+    m.reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(0.01);
     m.routes.with_label_values(&["true"]).set(1);
     m.agent_reports.with_label_values(&["ok"]).inc();
     m.agents_reporting.set(2);
@@ -96,18 +112,37 @@ fn names(exposition: &str) -> BTreeSet<String> {
 }
 
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
 ];
 
 /// The metric names a PromQL expression selects: what remains once label matchers,
 /// strings, range selectors, grouping clauses, functions and keywords are removed.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    let strip = |text: &str, re: &str| regex::Regex::new(re).expect("regex").replace_all(text, " ").into_owned();
+    let strip = |text: &str, re: &str| {
+        regex::Regex::new(re)
+            .expect("regex")
+            .replace_all(text, " ")
+            .into_owned()
+    };
     let mut e = strip(expr, r#""(?:[^"\\]|\\.)*""#);
     e = strip(&e, r"\{[^}]*\}");
     e = strip(&e, r"\[[^\]]*\]");
-    e = strip(&e, r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)");
+    e = strip(
+        &e,
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)",
+    );
     let ident = regex::Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*").expect("regex");
     let mut out = BTreeSet::new();
     for m in ident.find_iter(&e) {
@@ -136,13 +171,19 @@ fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
     for p in d["panels"].as_array().expect("panels") {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().expect("a target has an expr");
-            out.push((p["title"].as_str().unwrap_or_default().to_string(), expr.to_string()));
+            out.push((
+                p["title"].as_str().unwrap_or_default().to_string(),
+                expr.to_string(),
+            ));
         }
     }
-    let label_values = regex::Regex::new(r"label_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)").expect("regex");
+    let label_values =
+        regex::Regex::new(r"label_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)").expect("regex");
     for v in d["templating"]["list"].as_array().into_iter().flatten() {
         if let Some(q) = v["query"]["query"].as_str() {
-            let c = label_values.captures(q).expect("a label_values(metric, label) query");
+            let c = label_values
+                .captures(q)
+                .expect("a label_values(metric, label) query");
             out.push((format!("variable {}", v["name"]), c[1].to_string()));
         }
     }
@@ -172,14 +213,23 @@ fn the_extractor_finds_metric_names_only() {
     let found = metric_names(
         r#"histogram_quantile(0.99, sum by (le, route) (rate(a_bucket{route=~"x|y",le!="1e3"}[$__rate_interval]))) and on (instance) b unless c offset 5m > 1e3"#,
     );
-    assert_eq!(found, ["a_bucket", "b", "c"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        found,
+        ["a_bucket", "b", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
 }
 
 #[test]
 fn dashboard_and_alerts_use_only_exported_metrics() {
     let agent = names(&agent_exposition());
     let controller = names(&controller_exposition());
-    assert!(agent.contains("process_cpu_seconds_total"), "the agent exports process metrics");
+    assert!(
+        agent.contains("process_cpu_seconds_total"),
+        "the agent exports process metrics"
+    );
     assert!(controller.contains("process_resident_memory_bytes"));
     let known: BTreeSet<String> = agent.union(&controller).cloned().collect();
     let d = dashboard();
@@ -195,7 +245,10 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
             used.insert(n);
         }
     }
-    assert!(unknown.is_empty(), "metrics neither process exports: {unknown:#?}");
+    assert!(
+        unknown.is_empty(),
+        "metrics neither process exports: {unknown:#?}"
+    );
     // What issue 15 asks the dashboard to show.
     let dashboard_used: BTreeSet<String> = dashboard_exprs(&d)
         .into_iter()
@@ -214,7 +267,10 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
         "process_resident_memory_bytes",
         "logroute_controller_reconciliations_total",
     ] {
-        assert!(dashboard_used.contains(wanted), "no dashboard panel uses {wanted}");
+        assert!(
+            dashboard_used.contains(wanted),
+            "no dashboard panel uses {wanted}"
+        );
     }
 }
 
@@ -224,12 +280,24 @@ fn dashboard_panels_are_well_formed() {
     assert_eq!(d["uid"], "logroute");
     let mut ids = BTreeSet::new();
     for p in d["panels"].as_array().expect("panels") {
-        assert!(ids.insert(p["id"].as_i64().expect("panel id")), "duplicate panel id {}", p["id"]);
+        assert!(
+            ids.insert(p["id"].as_i64().expect("panel id")),
+            "duplicate panel id {}",
+            p["id"]
+        );
         let g = &p["gridPos"];
         let (x, w) = (g["x"].as_i64().unwrap_or(-1), g["w"].as_i64().unwrap_or(0));
-        assert!(x >= 0 && w > 0 && x + w <= 24, "panel {} outside the grid", p["title"]);
+        assert!(
+            x >= 0 && w > 0 && x + w <= 24,
+            "panel {} outside the grid",
+            p["title"]
+        );
         if p["type"] != "row" {
-            assert!(p["description"].as_str().is_some_and(|s| !s.is_empty()), "{} has no description", p["title"]);
+            assert!(
+                p["description"].as_str().is_some_and(|s| !s.is_empty()),
+                "{} has no description",
+                p["title"]
+            );
             assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
         }
     }

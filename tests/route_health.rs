@@ -120,15 +120,23 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     api.apply(outsider);
 
     let mut ctl = ControllerProc::start(dir.path(), &kubeconfig, FLAGS);
-    let healthy = ctl.wait_for("the sum of both nodes in status", Duration::from_secs(30), || {
-        let obj = route_object(&api);
-        let h = &obj["status"]["health"];
-        let ok = h["nodes"] == 2
-            && h["sinks"][0]["delivered"] == 42
-            && h["sinks"][0]["containers"] == 3
-            && condition(&obj, "Delivering").is_some_and(|c| c.0 == "True");
-        if ok { Ok(obj) } else { Err(obj["status"].to_string()) }
-    });
+    let healthy = ctl.wait_for(
+        "the sum of both nodes in status",
+        Duration::from_secs(30),
+        || {
+            let obj = route_object(&api);
+            let h = &obj["status"]["health"];
+            let ok = h["nodes"] == 2
+                && h["sinks"][0]["delivered"] == 42
+                && h["sinks"][0]["containers"] == 3
+                && condition(&obj, "Delivering").is_some_and(|c| c.0 == "True");
+            if ok {
+                Ok(obj)
+            } else {
+                Err(obj["status"].to_string())
+            }
+        },
+    );
     let h = &healthy["status"]["health"];
     assert_eq!(h["sinks"][0]["lagSeconds"], 7, "worst lag of the two nodes");
     assert_eq!(h["lag"], "7s");
@@ -144,7 +152,7 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     assert_eq!(printer::column(&healthy, "Delivering"), "True");
     assert_eq!(printer::column(&healthy, "Sinks"), "2/2");
     assert_eq!(printer::column(&healthy, "Lag"), "7s");
-    let healthy_table = printer::get_table(&[healthy.clone()], false);
+    let healthy_table = printer::get_table(&healthy, false);
     println!("healthy route:\n{healthy_table}");
     assert!(
         !api.requests().iter().any(|r| r.contains("/namespaces/payments/pods")
@@ -167,14 +175,22 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     failing["lastError"] = json!("connect");
     failing["sendErrors"] = json!({"connect": 14});
     failing["dropped"] = json!({"rotated": 3});
-    n1.report(&report("n1", failing, sink("search", "elasticsearch", 10, 1, 0.5)));
-    let failed = ctl.wait_for("Delivering=False SinkFailing", Duration::from_secs(20), || {
-        let obj = route_object(&api);
-        match condition(&obj, "Delivering") {
-            Some((s, r, _)) if s == "False" && r == "SinkFailing" => Ok(obj),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    n1.report(&report(
+        "n1",
+        failing,
+        sink("search", "elasticsearch", 10, 1, 0.5),
+    ));
+    let failed = ctl.wait_for(
+        "Delivering=False SinkFailing",
+        Duration::from_secs(20),
+        || {
+            let obj = route_object(&api);
+            match condition(&obj, "Delivering") {
+                Some((s, r, _)) if s == "False" && r == "SinkFailing" => Ok(obj),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
     let central = &failed["status"]["health"]["sinks"][0];
     assert_eq!(central["state"], "Failing");
     assert_eq!(
@@ -187,9 +203,12 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     let message = condition(&failed, "Delivering").unwrap().2;
     assert!(message.starts_with("central: cannot connect"), "{message}");
     assert_eq!(printer::column(&failed, "Sinks"), "1/2");
-    let failing_table = printer::get_table(&[failed.clone()], false);
+    let failing_table = printer::get_table(&failed, false);
     println!("failing route:\n{failing_table}");
-    println!("failing route, wide:\n{}", printer::get_table(&[failed.clone()], true));
+    println!(
+        "failing route, wide:\n{}",
+        printer::get_table(&failed, true)
+    );
 
     // Fixed: the error clears.
     n1.report(&report(
@@ -214,7 +233,11 @@ fn status_sums_two_nodes_shows_failure_and_recovery_and_ages_out_a_silent_node()
     let alone = ctl.wait_for("node 2 aged out", Duration::from_secs(20), || {
         let obj = route_object(&api);
         let h = &obj["status"]["health"];
-        if h["nodes"] == 1 { Ok(obj) } else { Err(h.to_string()) }
+        if h["nodes"] == 1 {
+            Ok(obj)
+        } else {
+            Err(h.to_string())
+        }
     });
     let h = &alone["status"]["health"];
     assert_eq!(h["sinks"][0]["delivered"], 25);
@@ -268,8 +291,11 @@ sinks:
     let mut ctl = ControllerProc::start(c.dir.path(), &c.kubeconfig, E2E_FLAGS);
     let mut agent = c.agent(&[]);
     agent.wait_ready(Duration::from_secs(30));
-    c.api
-        .apply(agent_pod("logroute-agent-1", support::agent_proc::NODE, agent.port()));
+    c.api.apply(agent_pod(
+        "logroute-agent-1",
+        support::agent_proc::NODE,
+        agent.port(),
+    ));
     let pod = c.pod("ticker", &[("app", "ticker")], &[]);
     let _ticker = c
         .run(
@@ -292,7 +318,11 @@ sinks:
         if delivering(&obj) == "True" && delivered > 0 {
             Ok(obj)
         } else {
-            Err(format!("{}\n{}", printer::get_table(&[obj.clone()], true), obj["status"]))
+            Err(format!(
+                "{}\n{}",
+                printer::get_table(&obj, true),
+                obj["status"]
+            ))
         }
     });
     assert_eq!(printer::column(&healthy, "Ready"), "True");
@@ -301,7 +331,7 @@ sinks:
     assert_eq!(central["kind"], "syslog");
     assert_eq!(central["containers"], 1);
     assert!(central["lastDelivery"].is_string(), "{central}");
-    println!("healthy:\n{}", printer::get_table(&[healthy.clone()], false));
+    println!("healthy:\n{}", printer::get_table(&healthy, false));
 
     c.rsyslog.stop();
     let stopped = std::time::Instant::now();
@@ -309,10 +339,16 @@ sinks:
         let obj = get(&c.api);
         match condition(&obj, "Delivering") {
             Some((s, r, _)) if s == "False" && r == "SinkFailing" => Ok(obj),
-            other => Err(format!("{other:?}; agent /routes: {:?}", agent.get("/routes"))),
+            other => Err(format!(
+                "{other:?}; agent /routes: {:?}",
+                agent.get("/routes")
+            )),
         }
     });
-    println!("failure shown {:?} after rsyslog stopped", stopped.elapsed());
+    println!(
+        "failure shown {:?} after rsyslog stopped",
+        stopped.elapsed()
+    );
     let central = &failed["status"]["health"]["sinks"][0];
     assert_eq!(central["state"], "Failing");
     let error = central["error"].as_str().unwrap_or_default();
@@ -322,24 +358,31 @@ sinks:
     );
     assert!(central["sendErrors"].as_u64().unwrap_or(0) > 0, "{central}");
     assert_eq!(printer::column(&failed, "Sinks"), "0/1");
-    println!("failing:\n{}", printer::get_table(&[failed.clone()], false));
-    println!("failing, wide:\n{}", printer::get_table(&[failed.clone()], true));
+    println!("failing:\n{}", printer::get_table(&failed, false));
+    println!("failing, wide:\n{}", printer::get_table(&failed, true));
 
     c.rsyslog.restart().expect("rsyslog restarts");
     let restarted = std::time::Instant::now();
     // The sink retries with a backoff of at most 10 s; then one sample and one poll.
-    let recovered = ctl.wait_for("DELIVERING True again", SHOWN_WITHIN + Duration::from_secs(12), || {
-        let obj = get(&c.api);
-        if delivering(&obj) == "True" {
-            Ok(obj)
-        } else {
-            Err(format!("{}", obj["status"]))
-        }
-    });
-    println!("recovery shown {:?} after rsyslog restarted", restarted.elapsed());
+    let recovered = ctl.wait_for(
+        "DELIVERING True again",
+        SHOWN_WITHIN + Duration::from_secs(12),
+        || {
+            let obj = get(&c.api);
+            if delivering(&obj) == "True" {
+                Ok(obj)
+            } else {
+                Err(format!("{}", obj["status"]))
+            }
+        },
+    );
+    println!(
+        "recovery shown {:?} after rsyslog restarted",
+        restarted.elapsed()
+    );
     let central = &recovered["status"]["health"]["sinks"][0];
     assert_eq!(central["state"], "Delivering");
     assert!(central.get("error").is_none(), "{central}");
-    println!("recovered:\n{}", printer::get_table(&[recovered.clone()], false));
+    println!("recovered:\n{}", printer::get_table(&recovered, false));
     c.rsyslog.wait_for(1, Duration::from_secs(10));
 }

@@ -139,7 +139,10 @@ pub struct Tracker {
 
 /// `new - old` per key of `new` (a key `old` lacks, or a counter that went backwards
 /// because the route was removed and came back, counts from zero).
-fn delta(new: &BTreeMap<String, u64>, old: Option<&BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+fn delta(
+    new: &BTreeMap<String, u64>,
+    old: Option<&BTreeMap<String, u64>>,
+) -> BTreeMap<String, u64> {
     new.iter()
         .map(|(k, &v)| {
             let before = old.and_then(|o| o.get(k)).copied().unwrap_or(0);
@@ -303,7 +306,12 @@ pub fn observe(
     obs.routes = table
         .routes
         .iter()
-        .map(|r| (r.key.clone(), r.sinks.iter().map(|s| s.name.clone()).collect()))
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.sinks.iter().map(|s| s.name.clone()).collect(),
+            )
+        })
         .collect();
     obs
 }
@@ -327,8 +335,8 @@ impl Reports {
         axum::Router::new().route(
             REPORT_PATH,
             axum::routing::get(move || {
-                let body = serde_json::to_string(&reports.latest())
-                    .expect("a report serializes to JSON");
+                let body =
+                    serde_json::to_string(&reports.latest()).expect("a report serializes to JSON");
                 async move {
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -416,12 +424,21 @@ mod tests {
         let s = &r.routes[0].sinks[0];
         assert_eq!((s.delivered, s.lanes, s.queued), (100, 2, 5));
         assert_eq!(s.last_success, Some(wall(0)));
-        assert_eq!(r.routes[0].sinks[1].lanes, 0, "a sink without lanes is idle");
+        assert_eq!(
+            r.routes[0].sinks[1].lanes, 0,
+            "a sink without lanes is idle"
+        );
 
         let r = tr.observe(at(30), wall(30), obs(150, 3, 0));
         let s = &r.routes[0].sinks[0];
-        assert_eq!(s.delivered, 150, "an agent younger than the window counts from zero");
-        assert_eq!(s.failing_since, None, "records were accepted in this sample too");
+        assert_eq!(
+            s.delivered, 150,
+            "an agent younger than the window counts from zero"
+        );
+        assert_eq!(
+            s.failing_since, None,
+            "records were accepted in this sample too"
+        );
 
         let r = tr.observe(at(40), wall(40), obs(150, 7, 2));
         let s = &r.routes[0].sinks[0];
@@ -432,7 +449,11 @@ mod tests {
         assert_eq!(s.last_success, Some(wall(30)));
 
         let r = tr.observe(at(50), wall(50), obs(150, 9, 2));
-        assert_eq!(r.routes[0].sinks[0].failing_since, Some(wall(40)), "since stays");
+        assert_eq!(
+            r.routes[0].sinks[0].failing_since,
+            Some(wall(40)),
+            "since stays"
+        );
 
         // The first sample is the newest at or before the window's start: the baseline.
         let r = tr.observe(at(80), wall(80), obs(170, 9, 2));

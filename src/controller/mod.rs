@@ -165,8 +165,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 identity.clone(),
                 metrics.clone(),
                 readiness.clone(),
-                policy.clone(),
-                args.health.clone(),
+                LeadSettings {
+                    policy: policy.clone(),
+                    health: args.health.clone(),
+                },
                 stop,
             )
         },
@@ -181,6 +183,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the leader works with besides its client and identity.
+struct LeadSettings {
+    policy: crate::route::Policy,
+    health: health::HealthArgs,
+}
+
 /// What the leader does until `stop`: sweep orphans, then run the Controller.
 /// [`leader::run_elected`] aborts this task if it does not stop in time, so nothing here
 /// writes after the lease may have passed to another replica.
@@ -190,10 +198,13 @@ async fn lead(
     identity: String,
     metrics: ControllerMetrics,
     readiness: Readiness,
-    policy: crate::route::Policy,
-    health_args: health::HealthArgs,
+    settings: LeadSettings,
     stop: CancellationToken,
 ) -> Result<(), Error> {
+    let LeadSettings {
+        policy,
+        health: health_args,
+    } = settings;
     readiness.set(false);
     let _leading = Leading::new(&metrics);
     loop {

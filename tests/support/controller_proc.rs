@@ -79,8 +79,15 @@ impl ControllerProc {
                 Ok(v) => return v,
                 Err(seen) => seen,
             };
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("controller exited ({status}) while waiting for {what}; last seen: {last}\nlog:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "controller exited ({status}) while waiting for {what}; last seen: {last}\nlog:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -72,7 +72,10 @@ pub fn eval(obj: &Value, path: &str) -> Vec<Value> {
     for step in steps(path) {
         let mut next = Vec::new();
         for v in current {
-            if let Some(filter) = step.strip_prefix("[?(@.").and_then(|s| s.strip_suffix(")]")) {
+            if let Some(filter) = step
+                .strip_prefix("[?(@.")
+                .and_then(|s| s.strip_suffix(")]"))
+            {
                 let (key, want) = filter.split_once("==").expect("filter key==value");
                 let want = want.trim_matches('"');
                 for item in v.as_array().into_iter().flatten() {
@@ -115,8 +118,8 @@ fn age(secs: i64) -> String {
     }
 }
 
-/// The table `kubectl get lr` (`wide`: `-o wide`) prints for `objects`.
-pub fn get_table(objects: &[Value], wide: bool) -> String {
+/// The table `kubectl get lr NAME` (`wide`: `-o wide`) prints for `obj`.
+pub fn get_table(obj: &Value, wide: bool) -> String {
     let columns: Vec<Column> = logroute_columns()
         .into_iter()
         .filter(|c| wide || c.priority == 0)
@@ -127,8 +130,13 @@ pub fn get_table(objects: &[Value], wide: bool) -> String {
             .chain(columns.iter().map(|c| c.name.to_uppercase()))
             .collect::<Vec<_>>(),
     ];
-    for obj in objects {
-        let mut row = vec![obj["metadata"]["name"].as_str().unwrap_or_default().to_string()];
+    {
+        let mut row = vec![
+            obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ];
         for c in &columns {
             row.push(cell(&eval(obj, &c.json_path), &c.kind, now));
         }

@@ -91,10 +91,12 @@ pub fn client() -> Client {
 /// GET one agent's report.
 pub async fn poll(client: &Client, url: &str, timeout: Duration) -> Result<NodeReport, PollError> {
     let fetch = async {
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| PollError::Request {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
+        let uri: http::Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| PollError::Request {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                })?;
         let response = client.get(uri).await.map_err(|e| PollError::Request {
             url: url.to_string(),
             message: e.to_string(),
@@ -151,6 +153,9 @@ mod tests {
         let mut v6 = pod;
         v6.status.as_mut().unwrap().pod_ip = Some("fd00::7".into());
         v6.spec.as_mut().unwrap().containers[0].ports = None;
-        assert_eq!(agent_of(&v6, 9091).unwrap().url, "http://[fd00::7]:9091/routes");
+        assert_eq!(
+            agent_of(&v6, 9091).unwrap().url,
+            "http://[fd00::7]:9091/routes"
+        );
     }
 }

@@ -242,10 +242,7 @@ pub fn route_health(
         }
         out.push(h);
     }
-    let delivering_sinks = out
-        .iter()
-        .filter(|s| s.state == state::DELIVERING)
-        .count();
+    let delivering_sinks = out.iter().filter(|s| s.state == state::DELIVERING).count();
     let worst = out.iter().map(|s| s.lag_seconds).max().unwrap_or(0);
     let health = RouteHealth {
         window: window_text(window_seconds),
@@ -356,7 +353,11 @@ mod tests {
             Some("cannot connect to the receiver on 1 of 2 nodes since 2026-12-03T20:00:00Z")
         );
         assert_eq!((c.status, c.reason), ("False", reason::SINK_FAILING));
-        assert!(c.message.starts_with("central: cannot connect"), "{}", c.message);
+        assert!(
+            c.message.starts_with("central: cannot connect"),
+            "{}",
+            c.message
+        );
         assert_eq!(h.sinks_delivering, "1/2");
     }
 
@@ -370,7 +371,11 @@ mod tests {
         let idle = route(vec![sink("central", 0, 0, 0.0)]);
         let (h, c) = route_health(&[("n1", &idle)], &spec(), 300, LAG, 1);
         assert_eq!(c.reason, reason::NO_MATCHING_CONTAINERS);
-        assert_eq!(h.unwrap().sinks[1].state, state::IDLE, "unreported sink is idle");
+        assert_eq!(
+            h.unwrap().sinks[1].state,
+            state::IDLE,
+            "unreported sink is idle"
+        );
 
         let (h, c) = route_health(&[], &spec(), 300, LAG, 3);
         assert!(h.is_none());

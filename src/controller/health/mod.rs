@@ -173,13 +173,23 @@ struct Shared {
 
 impl Shared {
     /// The status `route` should show now; `None` when it is not Ready or unreadable.
-    fn desired(&self, route: &LogRoute, args: &HealthArgs) -> Option<(RouteKey, LogRouteStatus, LogRouteStatus)> {
-        let key = RouteKey::new(route.metadata.namespace.as_deref()?, route.metadata.name.as_deref()?);
+    fn desired(
+        &self,
+        route: &LogRoute,
+        args: &HealthArgs,
+    ) -> Option<(RouteKey, LogRouteStatus, LogRouteStatus)> {
+        let key = RouteKey::new(
+            route.metadata.namespace.as_deref()?,
+            route.metadata.name.as_deref()?,
+        );
         let current = route.status.clone().unwrap_or_default();
         let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
         let by_route = fleet.by_route();
         let route_key = format!("{}/{}", key.namespace, key.name);
-        let reports = by_route.get(route_key.as_str()).cloned().unwrap_or_default();
+        let reports = by_route
+            .get(route_key.as_str())
+            .cloned()
+            .unwrap_or_default();
         let (health, delivering) = aggregate::route_health(
             &reports,
             &spec_sinks(route),
@@ -204,14 +214,19 @@ pub async fn run(
 ) {
     let (pods, writer) = reflector::store::<Pod>();
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let watch = watcher(pod_api, watcher::Config::default().labels(&args.agent_selector).any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(error = %e, "agent pod watch failed; retrying with backoff");
-            }
-        });
+    let watch = watcher(
+        pod_api,
+        watcher::Config::default()
+            .labels(&args.agent_selector)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!(error = %e, "agent pod watch failed; retrying with backoff");
+        }
+    });
     let shared = Arc::new(Shared {
         fleet: Mutex::default(),
         written: Mutex::default(),
@@ -261,7 +276,10 @@ impl Pending {
     }
 
     fn pop(&mut self) -> Option<RouteKey> {
-        let key = self.urgent.pop_front().or_else(|| self.refresh.pop_front())?;
+        let key = self
+            .urgent
+            .pop_front()
+            .or_else(|| self.refresh.pop_front())?;
         self.queued.remove(&key);
         Some(key)
     }
@@ -307,7 +325,11 @@ async fn poll_loop(
             for (agent, report) in results {
                 match report {
                     Ok(report) => {
-                        let result = if fleet.record(&agent.node, report, now) { "ok" } else { "version" };
+                        let result = if fleet.record(&agent.node, report, now) {
+                            "ok"
+                        } else {
+                            "version"
+                        };
                         metrics.agent_reports.with_label_values(&[result]).inc();
                     }
                     Err(e) => {
@@ -321,7 +343,11 @@ async fn poll_loop(
             }
             metrics.agents_reporting.set(fleet.nodes() as i64);
         }
-        let written = shared.written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let written = shared
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut queue = pending.lock().unwrap_or_else(|e| e.into_inner());
         for obj in routes.state() {
             let Ok(route) = &obj.0 else { continue };
@@ -332,7 +358,9 @@ async fn poll_loop(
                 continue;
             }
             let is_urgent = urgent(&current, &desired);
-            let due = written.get(&key).is_none_or(|t| now.saturating_duration_since(*t) >= refresh);
+            let due = written
+                .get(&key)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= refresh);
             if is_urgent || due {
                 queue.push(key, is_urgent);
             }
@@ -383,7 +411,9 @@ async fn write_loop(
                     let delivering = desired.conditions.iter().find(|c| c.type_ == DELIVERING);
                     debug!(route = %key, delivering = ?delivering.map(|c| &c.reason), "route health written");
                 }
-                Err(e) => warn!(route = %key, error = %e, "cannot write route health; retried after the next poll"),
+                Err(e) => {
+                    warn!(route = %key, error = %e, "cannot write route health; retried after the next poll")
+                }
             }
             tokio::time::sleep(gap).await;
         }
@@ -431,7 +461,10 @@ mod tests {
         assert!(urgent(&first, &failing));
         let mut not_ready = ready_status();
         not_ready.conditions[0].status = "False".into();
-        assert_eq!(with_health(&not_ready, None, &delivering("True", "Delivering")), None);
+        assert_eq!(
+            with_health(&not_ready, None, &delivering("True", "Delivering")),
+            None
+        );
     }
 
     #[test]
