@@ -71,6 +71,17 @@ impl Fleet {
             })
     }
 
+    /// The reports of one route (`namespace/name`), with the node they came from.
+    pub fn route_reports(&self, route: &str) -> Vec<(&str, &RouteReport)> {
+        self.nodes
+            .iter()
+            .filter_map(|(node, (_, report))| {
+                let r = report.routes.iter().find(|r| r.route == route)?;
+                Some((node.as_str(), r))
+            })
+            .collect()
+    }
+
     /// Each route's reports, with the node they came from.
     pub fn by_route(&self) -> HashMap<&str, Vec<(&str, &RouteReport)>> {
         let mut out: HashMap<&str, Vec<(&str, &RouteReport)>> = HashMap::new();
@@ -402,6 +413,8 @@ mod tests {
             t
         ));
         assert_eq!(f.by_route()["ns/r"].len(), 2);
+        assert_eq!(f.route_reports("ns/r").len(), 2);
+        assert!(f.route_reports("ns/other").is_empty());
         let gone = f.age_out(t + Duration::from_secs(61), Duration::from_secs(60));
         assert_eq!(gone, vec!["n1".to_string()]);
         assert_eq!(f.nodes(), 1);

@@ -172,35 +172,44 @@ struct Shared {
 }
 
 impl Shared {
-    /// The status `route` should show now; `None` when it is not Ready or unreadable.
-    fn desired(
-        &self,
-        route: &LogRoute,
-        args: &HealthArgs,
-    ) -> Option<(RouteKey, LogRouteStatus, LogRouteStatus)> {
-        let key = RouteKey::new(
-            route.metadata.namespace.as_deref()?,
-            route.metadata.name.as_deref()?,
-        );
-        let current = route.status.clone().unwrap_or_default();
+    /// The status `route` should show now, from the fleet's reports of it.
+    fn desired(&self, route: &LogRoute, args: &HealthArgs) -> Option<Desired> {
         let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
-        let by_route = fleet.by_route();
-        let route_key = format!("{}/{}", key.namespace, key.name);
-        let reports = by_route
-            .get(route_key.as_str())
-            .cloned()
-            .unwrap_or_default();
-        let (health, delivering) = aggregate::route_health(
-            &reports,
-            &spec_sinks(route),
-            fleet.window_seconds(),
-            Duration::from_secs(args.lag_threshold_seconds),
-            fleet.nodes(),
-        );
-        drop(fleet);
-        let desired = with_health(&current, health, &delivering)?;
-        Some((key, current, desired))
+        let key = route_key(route)?;
+        let reports = fleet.route_reports(&format!("{}/{}", key.namespace, key.name));
+        desired(route, key, &reports, &fleet, args)
     }
+}
+
+/// (route, its status now, the status it should show).
+type Desired = (RouteKey, LogRouteStatus, LogRouteStatus);
+
+fn route_key(route: &LogRoute) -> Option<RouteKey> {
+    Some(RouteKey::new(
+        route.metadata.namespace.as_deref()?,
+        route.metadata.name.as_deref()?,
+    ))
+}
+
+/// The status `route` should show given the nodes' `reports` of it; `None` when it is
+/// not Ready.
+fn desired(
+    route: &LogRoute,
+    key: RouteKey,
+    reports: &[(&str, &crate::agent::health::RouteReport)],
+    fleet: &Fleet,
+    args: &HealthArgs,
+) -> Option<Desired> {
+    let current = route.status.clone().unwrap_or_default();
+    let (health, delivering) = aggregate::route_health(
+        reports,
+        &spec_sinks(route),
+        fleet.window_seconds(),
+        Duration::from_secs(args.lag_threshold_seconds),
+        fleet.nodes(),
+    );
+    let desired = with_health(&current, health, &delivering)?;
+    Some((key, current, desired))
 }
 
 /// Poll agents and write health until `stop`.
@@ -349,9 +358,17 @@ async fn poll_loop(
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut queue = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let fleet = shared.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        // One pass over the reports for all routes: O(nodes × routes) per round.
+        let by_route = fleet.by_route();
         for obj in routes.state() {
             let Ok(route) = &obj.0 else { continue };
-            let Some((key, current, desired)) = shared.desired(route, &args) else {
+            let Some(key) = route_key(route) else {
+                continue;
+            };
+            let name = format!("{}/{}", key.namespace, key.name);
+            let reports = by_route.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            let Some((key, current, desired)) = desired(route, key, reports, &fleet, &args) else {
                 continue;
             };
             if desired == current {
@@ -365,6 +382,8 @@ async fn poll_loop(
                 queue.push(key, is_urgent);
             }
         }
+        drop(by_route);
+        drop(fleet);
         let any = !queue.queued.is_empty();
         drop(queue);
         if any {
