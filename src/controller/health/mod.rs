@@ -122,6 +122,27 @@ pub fn with_health(
     })
 }
 
+/// `status` with the health part (`health`, the `Delivering` condition) of `from`.
+fn with_health_of(status: &LogRouteStatus, from: &LogRouteStatus) -> LogRouteStatus {
+    let mut conditions: Vec<Condition> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != DELIVERING)
+        .cloned()
+        .collect();
+    conditions.extend(
+        from.conditions
+            .iter()
+            .filter(|c| c.type_ == DELIVERING)
+            .cloned(),
+    );
+    LogRouteStatus {
+        conditions,
+        health: from.health.clone(),
+        ..status.clone()
+    }
+}
+
 /// Whether going from `current` to `desired` changes more than counts (condition, a
 /// sink's state or error, the nodes): such a write goes first and is not held back.
 pub fn urgent(current: &LogRouteStatus, desired: &LogRouteStatus) -> bool {
@@ -167,17 +188,27 @@ fn spec_sinks(route: &LogRoute) -> Vec<(String, String)> {
 
 struct Shared {
     fleet: Mutex<Fleet>,
-    /// Last health write per route (for the refresh limit).
-    written: Mutex<HashMap<RouteKey, Instant>>,
+    /// Last health write per route: when (for the refresh limit), and what.
+    written: Mutex<HashMap<RouteKey, (Instant, LogRouteStatus)>>,
 }
+
+/// How long after a write the status written stands in for a cached object that does
+/// not show it yet (the watch event is on its way), so it is not written twice.
+const UNSEEN_WRITE: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// The status `route` should show now, from the fleet's reports of it.
     fn desired(&self, route: &LogRoute, args: &HealthArgs) -> Option<Desired> {
-        let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
         let key = route_key(route)?;
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
         let reports = fleet.route_reports(&format!("{}/{}", key.namespace, key.name));
-        desired(route, key, &reports, &fleet, args)
+        desired(route, key, &reports, &fleet, args, written.as_ref())
     }
 }
 
@@ -192,15 +223,21 @@ fn route_key(route: &LogRoute) -> Option<RouteKey> {
 }
 
 /// The status `route` should show given the nodes' `reports` of it; `None` when it is
-/// not Ready.
+/// not Ready. `written` is this writer's last write of the route: while the cached
+/// object does not show it yet, it is what the status is.
 fn desired(
     route: &LogRoute,
     key: RouteKey,
     reports: &[(&str, &crate::agent::health::RouteReport)],
     fleet: &Fleet,
     args: &HealthArgs,
+    written: Option<&(Instant, LogRouteStatus)>,
 ) -> Option<Desired> {
-    let current = route.status.clone().unwrap_or_default();
+    let cached = route.status.clone().unwrap_or_default();
+    let current = match written {
+        Some((at, status)) if at.elapsed() < UNSEEN_WRITE => with_health_of(&cached, status),
+        _ => cached,
+    };
     let (health, delivering) = aggregate::route_health(
         reports,
         &spec_sinks(route),
@@ -368,7 +405,9 @@ async fn poll_loop(
             };
             let name = format!("{}/{}", key.namespace, key.name);
             let reports = by_route.get(name.as_str()).map_or(&[][..], Vec::as_slice);
-            let Some((key, current, desired)) = desired(route, key, reports, &fleet, &args) else {
+            let last = written.get(&key);
+            let Some((key, current, desired)) = desired(route, key, reports, &fleet, &args, last)
+            else {
                 continue;
             };
             if desired == current {
@@ -377,7 +416,7 @@ async fn poll_loop(
             let is_urgent = urgent(&current, &desired);
             let due = written
                 .get(&key)
-                .is_none_or(|t| now.saturating_duration_since(*t) >= refresh);
+                .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= refresh);
             if is_urgent || due {
                 queue.push(key, is_urgent);
             }
@@ -426,7 +465,7 @@ async fn write_loop(
                         .written
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone(), Instant::now());
+                        .insert(key.clone(), (Instant::now(), desired.clone()));
                     let delivering = desired.conditions.iter().find(|c| c.type_ == DELIVERING);
                     debug!(route = %key, delivering = ?delivering.map(|c| &c.reason), "route health written");
                 }
@@ -483,6 +522,23 @@ mod tests {
         assert_eq!(
             with_health(&not_ready, None, &delivering("True", "Delivering")),
             None
+        );
+    }
+
+    #[test]
+    fn a_write_not_yet_seen_stands_in_for_the_health_part_only() {
+        let written =
+            with_health(&ready_status(), None, &delivering("False", "SinkFailing")).unwrap();
+        let mut cached = ready_status();
+        cached.conditions[0].message = "compiled again".into();
+        let base = with_health_of(&cached, &written);
+        assert_eq!(
+            base.conditions[0].message, "compiled again",
+            "Ready is the cache's"
+        );
+        assert_eq!(
+            base.conditions[1].reason, "SinkFailing",
+            "Delivering is the write's"
         );
     }
 
