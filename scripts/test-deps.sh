@@ -3,8 +3,9 @@
 # Docker (dockerd with --live-restore), rsyslog with TLS, busybox-static for test
 # images, nginx and openssl for the TLS/auth front of the search server, the pinned
 # osmem-server from PyPI, the chart tools, promtool (Debian's prometheus package)
-# to lint the metrics exposition, and containerd with runc for the CRI log tests (each
-# test starts a containerd of its own; protoc builds the CRI client crate).
+# to lint the metrics exposition and to check and unit-test the alert rules
+# (tests/alerts.rs), and containerd with runc for the CRI log tests (each test starts
+# a containerd of its own; protoc builds the CRI client crate).
 # Idempotent: safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
