@@ -185,6 +185,18 @@ async fn settle(receivers: &[&Rsyslog], n: usize, timeout: Duration) -> Vec<Vec<
     }
 }
 
+/// The names of the threads of process `pid`, for a failure message.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Threads of process `pid` (`/proc/PID/status`).
 fn threads(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
@@ -489,7 +501,15 @@ async fn deleting_and_recreating_a_route_20_times_leaves_no_workers_behind() {
         agent.metric(WORKERS) == 3.0
     })
     .await;
-    // Idle blocking-pool threads exit after 10 s; anything left after 30 s grew.
+    // Each line reached each of the three sinks exactly once (the churned route's lanes
+    // resumed from their checkpoints every time).
+    let total = 3 * n;
+    let got = settle(&[&rs], total, Duration::from_secs(120))
+        .await
+        .remove(0);
+    until_idle(&agent, Duration::from_secs(60)).await;
+    // Once idle, blocking-pool threads (checkpoint syncs, spill reads) exit after 10 s
+    // without work; a thread still there after 30 s is one the churn left behind.
     let deadline = Instant::now() + Duration::from_secs(30);
     while threads(pid) > baseline && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -498,15 +518,9 @@ async fn deleting_and_recreating_a_route_20_times_leaves_no_workers_behind() {
     eprintln!("agent threads: {baseline} before, {now} after");
     assert!(
         now <= baseline,
-        "the agent had {baseline} threads before {ROUNDS} deletes and re-creates, {now} after"
+        "the agent had {baseline} threads before {ROUNDS} deletes and re-creates, {now} after: {:?}",
+        thread_names(pid)
     );
-    // Each line reached each of the three sinks exactly once (the churned route's lanes
-    // resumed from their checkpoints every time).
-    let total = 3 * n;
-    let got = settle(&[&rs], total, Duration::from_secs(120))
-        .await
-        .remove(0);
-    until_idle(&agent, Duration::from_secs(60)).await;
     let mut per_route: HashMap<u8, Vec<String>> = HashMap::new();
     for r in rs.received() {
         per_route.entry(r.facility).or_default().push(r.msg);
