@@ -94,6 +94,7 @@ fn config(
             65536
         },
         tls: None,
+        relp: None,
         egress: None,
     }
 }

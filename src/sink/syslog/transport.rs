@@ -63,6 +63,10 @@ pub enum Protocol {
     Tls(TlsTarget),
 }
 
+/// A stream connection, plain or TLS, for a protocol that reads answers (RELP).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 pub enum Connection {
     Udp(UdpSocket),
     Tcp(TcpStream),
@@ -70,6 +74,15 @@ pub enum Connection {
 }
 
 impl Connection {
+    /// The stream of a TCP or TLS connection; `None` for UDP.
+    pub fn into_io(self) -> Option<Box<dyn Io>> {
+        match self {
+            Connection::Udp(_) => None,
+            Connection::Tcp(stream) => Some(Box::new(stream)),
+            Connection::Tls(stream) => Some(stream),
+        }
+    }
+
     /// Resolve the receiver's name (again on every connect, so a Service whose address
     /// changed is followed) and connect to the first address that answers.
     pub async fn open(target: &Target) -> Result<Self, SyslogError> {

@@ -1,0 +1,329 @@
+//! A RELP client session (rsyslog's Reliable Event Logging Protocol, as imrelp speaks
+//! it): open with offers, `syslog` frames answered one by one with `rsp`, at most a
+//! window of them unanswered.
+//!
+//! A send is accepted up to the last message the receiver answered `200`: that is what
+//! the sink reports to the worker, so the checkpoint never passes an unacknowledged
+//! message. Anything else (an `rsp 500`, a `serverclose`, the connection ending, no
+//! answer within the acknowledgement timeout, bytes that are not RELP) ends the session;
+//! the messages not yet acknowledged are sent again, on a new session, by the worker's
+//! retry. RELP has no deduplication, so a message the receiver took but could not
+//! acknowledge before it died arrives twice: delivery is at least once from the last
+//! acknowledged message.
+
+pub mod frame;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use prometheus::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::SyslogError;
+use super::transport::Io;
+
+/// Bytes read from the receiver at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An open session.
+pub struct Session {
+    io: Box<dyn Io>,
+    /// `host:port`, for messages.
+    addr: String,
+    /// Number of the next frame written.
+    next_txnr: u32,
+    /// Bytes read and not yet parsed start at `rpos`.
+    rbuf: Vec<u8>,
+    rpos: usize,
+}
+
+/// A failed exchange: the first `acked` messages were acknowledged, the first `written`
+/// were (perhaps only partly) handed to the connection.
+#[derive(Debug)]
+pub struct Failure {
+    pub acked: usize,
+    pub written: usize,
+    pub error: SyslogError,
+}
+
+impl Failure {
+    /// The session ended on the receiver's side (closed, reset, `serverclose`) rather
+    /// than by a refusal, a stall or a protocol error.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.error,
+            SyslogError::RelpEnded { .. } | SyslogError::RelpServerClose { .. }
+        )
+    }
+}
+
+/// What one answer from the receiver says.
+enum Event {
+    Ack,
+    Refused { code: u16, text: String },
+    ServerClose,
+    Unexpected(String),
+}
+
+impl Session {
+    /// Open a session on a connected stream: send `open` with our offers and check the
+    /// receiver's answer (a `200` that offers the `syslog` command).
+    pub async fn open(
+        io: Box<dyn Io>,
+        addr: &str,
+        ack_timeout: Duration,
+    ) -> Result<Session, SyslogError> {
+        let mut s = Session {
+            io,
+            addr: addr.to_string(),
+            next_txnr: 1,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+        };
+        let mut out = Vec::new();
+        frame::push_frame(&mut out, 1, "open", frame::open_offers().as_bytes());
+        s.next_txnr = 2;
+        s.write(&out).await.map_err(|source| SyslogError::Write {
+            addr: s.addr.clone(),
+            source,
+        })?;
+        let answer = tokio::time::timeout(ack_timeout, s.read_open_answer())
+            .await
+            .unwrap_or_else(|_| {
+                Err(SyslogError::RelpStall {
+                    addr: s.addr.clone(),
+                    in_flight: 1,
+                    timeout: ack_timeout,
+                })
+            })?;
+        let (code, text, commands) = answer;
+        if code != 200 {
+            return Err(SyslogError::RelpRefused {
+                addr: s.addr.clone(),
+                code,
+                text,
+            });
+        }
+        let offers_syslog = commands
+            .as_deref()
+            .is_some_and(|c| c.split(',').any(|c| c.trim() == "syslog"));
+        if !offers_syslog {
+            return Err(SyslogError::RelpOffer {
+                addr: s.addr.clone(),
+                offered: commands.unwrap_or_else(|| "no commands".into()),
+            });
+        }
+        Ok(s)
+    }
+
+    /// The answer to `open`: code, text and the `commands` offer.
+    async fn read_open_answer(&mut self) -> Result<(u16, String, Option<String>), SyslogError> {
+        loop {
+            let parsed = frame::parse(&self.rbuf[self.rpos..]).map_err(|e| self.protocol(e))?;
+            if let Some((f, used)) = parsed {
+                if f.command != "rsp" || f.txnr != 1 {
+                    let what = format!(
+                        "answered `open` with `{} {}` instead of `1 rsp`",
+                        f.txnr, f.command
+                    );
+                    return Err(self.protocol(what));
+                }
+                let a = frame::answer(f.data).map_err(|e| self.protocol(e))?;
+                let out = (
+                    a.code,
+                    a.text.to_string(),
+                    a.offer("commands").map(str::to_string),
+                );
+                self.rpos += used;
+                return Ok(out);
+            }
+            if self.fill().await.map_err(|source| self.ended(0, source))? == 0 {
+                return Err(self.ended(0, eof()));
+            }
+        }
+    }
+
+    /// The transaction number the next frame must carry.
+    pub fn next_txnr(&self) -> u32 {
+        self.next_txnr
+    }
+
+    /// False when the receiver has closed the session while it was idle (as far as can
+    /// be seen without waiting): a `serverclose`, or the connection's end.
+    pub fn looks_open(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.io.read(&mut chunk).now_or_never() {
+                None => break,
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(n)) => self.rbuf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // Whatever arrived unasked can only be a `serverclose` (or garbage).
+        self.rbuf.len() == self.rpos
+    }
+
+    /// Send the `syslog` frames in `buf` (frame `i` ends at `ends[i]`, numbered from
+    /// [`Session::next_txnr`] on) with at most `window` unanswered, and wait until every
+    /// one is acknowledged. `rtt` observes each acknowledgement's round trip.
+    pub async fn exchange(
+        &mut self,
+        buf: &[u8],
+        ends: &[usize],
+        window: usize,
+        ack_timeout: Duration,
+        rtt: &Histogram,
+    ) -> Result<(), Failure> {
+        let n = ends.len();
+        let window = window.max(1);
+        let start = |i: usize| if i == 0 { 0 } else { ends[i - 1] };
+        let mut written = 0;
+        let mut acked = 0;
+        let mut expected = self.next_txnr;
+        // Writes in flight: (frames up to, written at).
+        let mut writes: VecDeque<(usize, Instant)> = VecDeque::new();
+        let fail = |acked, written, error| Failure {
+            acked,
+            written,
+            error,
+        };
+        while acked < n {
+            let room = window - (written - acked);
+            // Refill the window in sizeable writes rather than one frame per answer.
+            if written < n && (room >= (window / 4).max(1) || written + room >= n) {
+                let upto = (acked + window).min(n);
+                if let Err(source) = self.write(&buf[start(written)..ends[upto - 1]]).await {
+                    return Err(fail(acked, upto, self.ended(upto - acked, source)));
+                }
+                writes.push_back((upto, Instant::now()));
+                written = upto;
+            }
+            let read = tokio::time::timeout(ack_timeout, self.fill()).await;
+            match read {
+                Err(_) => {
+                    let error = SyslogError::RelpStall {
+                        addr: self.addr.clone(),
+                        in_flight: written - acked,
+                        timeout: ack_timeout,
+                    };
+                    return Err(fail(acked, written, error));
+                }
+                Ok(Err(source)) => {
+                    return Err(fail(acked, written, self.ended(written - acked, source)));
+                }
+                Ok(Ok(0)) => {
+                    return Err(fail(acked, written, self.ended(written - acked, eof())));
+                }
+                Ok(Ok(_)) => {}
+            }
+            loop {
+                let event = match frame::parse(&self.rbuf[self.rpos..]) {
+                    Ok(None) => break,
+                    Err(e) => return Err(fail(acked, written, self.protocol(e))),
+                    Ok(Some((f, used))) => {
+                        let event = match f.command {
+                            "rsp" if f.txnr == expected => match frame::answer(f.data) {
+                                Ok(a) if a.ok() => Event::Ack,
+                                Ok(a) => Event::Refused {
+                                    code: a.code,
+                                    text: a.text.to_string(),
+                                },
+                                Err(e) => Event::Unexpected(e.to_string()),
+                            },
+                            "rsp" if acked < written => Event::Unexpected(format!(
+                                "answered transaction {} while {expected} was the oldest unanswered",
+                                f.txnr
+                            )),
+                            "serverclose" => Event::ServerClose,
+                            _ => Event::Unexpected(format!(
+                                "sent `{} {}` unasked",
+                                f.txnr, f.command
+                            )),
+                        };
+                        self.rpos += used;
+                        event
+                    }
+                };
+                match event {
+                    Event::Ack => {
+                        acked += 1;
+                        expected = frame::next_txnr(expected);
+                        while writes.front().is_some_and(|&(upto, _)| upto < acked) {
+                            writes.pop_front();
+                        }
+                        if let Some(&(_, at)) = writes.front() {
+                            rtt.observe(at.elapsed().as_secs_f64());
+                        }
+                    }
+                    Event::Refused { code, text } => {
+                        let error = SyslogError::RelpRejected {
+                            addr: self.addr.clone(),
+                            code,
+                            text,
+                            unacked: written - acked,
+                        };
+                        return Err(fail(acked, written, error));
+                    }
+                    Event::ServerClose => {
+                        let error = SyslogError::RelpServerClose {
+                            addr: self.addr.clone(),
+                            unacked: written - acked,
+                        };
+                        return Err(fail(acked, written, error));
+                    }
+                    Event::Unexpected(what) => {
+                        return Err(fail(acked, written, self.protocol(what)));
+                    }
+                }
+            }
+            if self.rpos == self.rbuf.len() {
+                self.rbuf.clear();
+                self.rpos = 0;
+            }
+        }
+        self.next_txnr = expected;
+        Ok(())
+    }
+
+    /// Write and flush (for TLS, so that the bytes leave rustls's buffer).
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Read more of the receiver's answers into `rbuf`; 0 at the connection's end.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+        let len = self.rbuf.len();
+        self.rbuf.resize(len + READ_CHUNK, 0);
+        let read = self.io.read(&mut self.rbuf[len..]).await;
+        self.rbuf.truncate(len + *read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    fn ended(&self, unacked: usize, source: std::io::Error) -> SyslogError {
+        SyslogError::RelpEnded {
+            addr: self.addr.clone(),
+            unacked,
+            source,
+        }
+    }
+
+    fn protocol(&self, detail: impl std::fmt::Display) -> SyslogError {
+        SyslogError::RelpProtocol {
+            addr: self.addr.clone(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+fn eof() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the receiver closed the connection",
+    )
+}
