@@ -198,6 +198,26 @@ impl Rsyslog {
         read_lines(&self.path("received.jsonl"))
     }
 
+    /// Lines received so far whose message starts with `needle`, counted without parsing them (cheap
+    /// enough to poll while hundreds of thousands arrive).
+    pub fn count_containing(&self, needle: &str) -> usize {
+        let bytes = fs::read(self.path("received.jsonl")).unwrap_or_default();
+        // std's substring search is optimized even in a debug build.
+        let needle = format!("\"msg\":\"{needle}");
+        String::from_utf8_lossy(&bytes).matches(&needle).count()
+    }
+
+    /// Stop rsyslogd with SIGSTOP, as a hung receiver: it takes nothing more from its
+    /// sockets until [`Rsyslog::kill9`] or the end of the test.
+    pub fn freeze(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Wait until at least `n` messages were received; panic at the deadline with what
     /// arrived.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
