@@ -264,7 +264,7 @@ mod tests {
         assert_eq!((f.txnr, f.command, f.data), (0, "serverclose", &b""[..]));
         assert_eq!(n + m, wire.len());
         // Data may hold line feeds; only DATALEN says where it ends.
-        let open = b"1 rsp 31 200 OK\nrelp_version=0\ncommands=syslog\n";
+        let open = b"1 rsp 37 200 OK\nrelp_version=0\ncommands=syslog\n";
         let (f, n) = parse(open).unwrap().unwrap();
         assert_eq!(n, open.len());
         let a = answer(f.data).unwrap();
