@@ -258,7 +258,7 @@ struct Crash {
     resent: u64,
 }
 
-/// Stream `n` lines; once a third has arrived freeze rsyslog, SIGKILL it half a second
+/// Stream `n` lines; once some have arrived freeze rsyslog, SIGKILL it half a second
 /// later, restart it half a second after that, and tally what arrived when the sender is
 /// done.
 async fn crash(rs: &mut Rsyslog, transport: SyslogTransport, marker: &str, n: usize) -> Crash {
@@ -277,23 +277,25 @@ async fn crash(rs: &mut Rsyslog, transport: SyslogTransport, marker: &str, n: us
     };
     let sender = tokio::spawn(async move { send_all(&mut sink, &batch, step).await });
     let deadline = Instant::now() + WAIT;
-    // The kill point: a third of the lines written out by rsyslog. (A TCP sender may be
-    // done long before: done means handed to the kernel, not received.)
-    let seen = loop {
-        let seen = rs.count_containing(marker);
-        if seen >= n / 3 {
-            break seen;
+    // The kill point: a few megabytes (some 20,000 lines) written out by rsyslog, found
+    // by the file's size (counting lines while they pour in would lag behind).
+    let start = rs.received_bytes();
+    loop {
+        if rs.received_bytes() >= start + 8_000_000 {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "{marker}: only {seen} lines arrived within {WAIT:?}"
+            "{marker}: rsyslog wrote {} bytes within {WAIT:?}",
+            rs.received_bytes() - start
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     // A receiver that hangs (and is then killed by its liveness probe): while it takes
     // nothing, a TCP sender keeps filling the sockets' buffers; a RELP sender stops at
     // its window.
     rs.freeze();
+    let seen = rs.count_containing(marker);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let frozen = rs.count_containing(marker);
     rs.kill9();

@@ -207,6 +207,11 @@ impl Rsyslog {
         String::from_utf8_lossy(&bytes).matches(&needle).count()
     }
 
+    /// Size of the received-messages file: a cheap measure of progress.
+    pub fn received_bytes(&self) -> u64 {
+        fs::metadata(self.path("received.jsonl")).map_or(0, |m| m.len())
+    }
+
     /// Stop rsyslogd with SIGSTOP, as a hung receiver: it takes nothing more from its
     /// sockets until [`Rsyslog::kill9`] or the end of the test.
     pub fn freeze(&mut self) {
