@@ -114,7 +114,11 @@ async fn agent_kill_9_over_relp_resumes_after_the_last_acknowledged_message() {
     let mut repeated = 0;
     for tag in &tags {
         for n in 1..=lines {
-            match seen.get(format!("{tag}-{n}").as_str()).copied().unwrap_or(0) {
+            match seen
+                .get(format!("{tag}-{n}").as_str())
+                .copied()
+                .unwrap_or(0)
+            {
                 0 => missing.push(format!("{tag}-{n}")),
                 k => repeated += k - 1,
             }
@@ -142,7 +146,12 @@ async fn agent_kill_9_over_relp_resumes_after_the_last_acknowledged_message() {
     for tag in &tags {
         let seq: Vec<usize> = got
             .iter()
-            .filter_map(|m| m.strip_prefix(tag.as_str())?.strip_prefix('-')?.parse().ok())
+            .filter_map(|m| {
+                m.strip_prefix(tag.as_str())?
+                    .strip_prefix('-')?
+                    .parse()
+                    .ok()
+            })
             .collect();
         let mut high = 0;
         for &n in &seq {
@@ -153,6 +162,9 @@ async fn agent_kill_9_over_relp_resumes_after_the_last_acknowledged_message() {
             high = high.max(n);
         }
     }
-    assert!(mid_stream >= 1, "no kill happened while lines were arriving");
+    assert!(
+        mid_stream >= 1,
+        "no kill happened while lines were arriving"
+    );
     drop(running);
 }

@@ -202,13 +202,22 @@ async fn in_order(rs: &Rsyslog, port: u16, tls: bool, input: &str) {
     let got = rs.received();
     let seq = sequence(&got, "ordered");
     assert_eq!(seq, (0..N).collect::<Vec<_>>(), "every line once, in order");
-    assert!(got.iter().all(|r| r.input == input), "all came in on {input}");
-    assert_eq!(metric(&registry, "logroute_agent_relp_acks_total", &[]), N as u64);
+    assert!(
+        got.iter().all(|r| r.input == input),
+        "all came in on {input}"
+    );
+    assert_eq!(
+        metric(&registry, "logroute_agent_relp_acks_total", &[]),
+        N as u64
+    );
     assert_eq!(
         metric(&registry, "logroute_agent_relp_ack_rtt_seconds", &[]),
         N as u64
     );
-    assert_eq!(metric(&registry, "logroute_agent_relp_resends_total", &[]), 0);
+    assert_eq!(
+        metric(&registry, "logroute_agent_relp_resends_total", &[]),
+        0
+    );
     assert_eq!(
         metric(&registry, "logroute_agent_records_sent_total", &[]),
         N as u64
@@ -308,7 +317,10 @@ async fn crash(rs: &mut Rsyslog, transport: SyslogTransport, marker: &str, n: us
     let failures = sender.await.expect("sender");
     if transport == SyslogTransport::Relp {
         // Nothing counts as sent before it is acknowledged: the sender saw the kill.
-        assert!(failures > 0, "{marker}: the kill went unnoticed by the sender");
+        assert!(
+            failures > 0,
+            "{marker}: the kill went unnoticed by the sender"
+        );
     }
     // What TCP lost never comes: wait for all, or until nothing more arrives.
     let deadline = Instant::now() + WAIT;

@@ -11,14 +11,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    Compression, ElasticsearchAuth, ElasticsearchSink, LogRoute, SecretKeyRef, SecretRef, Sink,
-    RelpConfig, StreamName, SyslogFormat, SyslogFraming, SyslogSink, SyslogTransport, TlsConfig,
+    Compression, ElasticsearchAuth, ElasticsearchSink, LogRoute, RelpConfig, SecretKeyRef,
+    SecretRef, Sink, StreamName, SyslogFormat, SyslogFraming, SyslogSink, SyslogTransport,
+    TlsConfig,
 };
 use crate::route::document::{
     CompiledFilter, CompiledMultiline, CompiledRoute, CompiledSink, CredentialRef,
     DOCUMENT_VERSION, ElasticsearchConfig, ElasticsearchCredentials, HostContainerSelector,
-    IndexTarget, LabelOperator, LabelRequirement, NamespaceScope, PodSelector, RouteIdentity,
-    RelpSettings, Scope, SinkConfig, StdoutConfig, SyslogConfig, TlsSettings,
+    IndexTarget, LabelOperator, LabelRequirement, NamespaceScope, PodSelector, RelpSettings,
+    RouteIdentity, Scope, SinkConfig, StdoutConfig, SyslogConfig, TlsSettings,
 };
 use crate::route::egress::{Destination, Scheme, Verdict, url_destination};
 use crate::route::policy::{Policy, RoutePolicy};
@@ -616,10 +617,12 @@ impl Compiler<'_, '_> {
             limit,
             default_max,
         );
-        if s.framing.is_some() && matches!(transport, SyslogTransport::Udp | SyslogTransport::Relp) {
+        if s.framing.is_some() && matches!(transport, SyslogTransport::Udp | SyslogTransport::Relp)
+        {
             self.invalid(
                 &format!("{at}.framing"),
-                "framing applies to tcp and tls only (RELP frames every message itself); remove it".into(),
+                "framing applies to tcp and tls only (RELP frames every message itself); remove it"
+                    .into(),
             );
         }
         let relp = self.relp(at, transport, s.relp.as_ref());

@@ -156,7 +156,10 @@ fn relp_defaults_and_tls() {
     );
     let tls = s.tls.as_ref().expect("RELP over TLS");
     assert_eq!(tls.server_name, "rsyslog.logging.svc");
-    assert!(tls.ca.is_some(), "the CA Secret is resolved as for transport: tls");
+    assert!(
+        tls.ca.is_some(),
+        "the CA Secret is resolved as for transport: tls"
+    );
     assert!(!c.credentials.is_empty());
     // Another transport has no RELP settings.
     let c = compile_online(&with_spec(

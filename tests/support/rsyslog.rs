@@ -388,10 +388,15 @@ input(type="imrelp" name="relps" address="127.0.0.1" port="{relps}" ruleset="rec
             if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.tcp_port)) {
                 let _ = write!(tcp, "{} {probe}", probe.len());
             }
-            let tls_up = [self.tls_port, self.mtls_port, self.relp_port, self.relps_port]
-                .iter()
-                .filter(|&&port| port != 0)
-                .all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok());
+            let tls_up = [
+                self.tls_port,
+                self.mtls_port,
+                self.relp_port,
+                self.relps_port,
+            ]
+            .iter()
+            .filter(|&&port| port != 0)
+            .all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok());
             let probes: Vec<Received> = read_lines(&self.path("probe.jsonl"));
             let seen = |input: &str| {
                 probes

@@ -82,7 +82,9 @@ pub enum SyslogError {
     },
     #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
     Write { addr: String, source: io::Error },
-    #[error("stopped connecting to syslog receiver {addr}: the sink is shutting down")]
+    #[error(
+        "stopped connecting or waiting for answers from syslog receiver {addr}: the sink is shutting down"
+    )]
     ShuttingDown { addr: String },
     #[error("not connecting to syslog receiver {addr}: {source}")]
     Egress {
@@ -92,7 +94,11 @@ pub enum SyslogError {
     #[error(
         "RELP receiver {addr} refused the session: rsp {code} {text}; check the receiver's imrelp settings and its log"
     )]
-    RelpRefused { addr: String, code: u16, text: String },
+    RelpRefused {
+        addr: String,
+        code: u16,
+        text: String,
+    },
     #[error(
         "RELP receiver {addr} does not offer the syslog command (offered: {offered}); is the address an imrelp listener?"
     )]
@@ -126,7 +132,9 @@ pub enum SyslogError {
         unacked: usize,
         source: io::Error,
     },
-    #[error("RELP receiver {addr} broke the protocol: {detail}; is the address an imrelp listener?")]
+    #[error(
+        "RELP receiver {addr} broke the protocol: {detail}; is the address an imrelp listener?"
+    )]
     RelpProtocol { addr: String, detail: String },
 }
 
@@ -406,7 +414,14 @@ impl SyslogSink {
             relp.resend = 0;
             let (window, timeout) = (relp.window, relp.ack_timeout);
             let result = session
-                .exchange(&self.buf, &self.ends, window, timeout, &relp.rtt)
+                .exchange(
+                    &self.buf,
+                    &self.ends,
+                    window,
+                    timeout,
+                    &relp.rtt,
+                    &self.shutdown,
+                )
                 .await;
             match result {
                 Ok(()) => {
@@ -430,7 +445,10 @@ impl SyslogSink {
 
     async fn open_relp(&mut self) -> Result<relp::Session, SyslogError> {
         let addr = self.target.display.clone();
-        let timeout = self.relp.as_ref().map_or(CONNECT_TIMEOUT, |r| r.ack_timeout);
+        let timeout = self
+            .relp
+            .as_ref()
+            .map_or(CONNECT_TIMEOUT, |r| r.ack_timeout);
         let conn = tokio::select! {
             conn = Connection::open(&self.target) => conn?,
             () = self.shutdown.cancelled() => {
@@ -441,9 +459,7 @@ impl SyslogSink {
         if self.connections > 1 {
             self.metrics.reconnects.inc();
         }
-        let io = conn
-            .into_io()
-            .expect("RELP runs over a stream connection");
+        let io = conn.into_io().expect("RELP runs over a stream connection");
         let session = relp::Session::open(io, &addr, timeout).await?;
         tracing::debug!(receiver = %addr, connections = self.connections, "RELP session opened");
         Ok(session)

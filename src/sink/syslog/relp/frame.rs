@@ -278,9 +278,15 @@ mod tests {
     #[test]
     fn what_is_not_relp_is_an_error() {
         assert!(matches!(parse(b"HTTP/1.1 400"), Err(FrameError::Header(_))));
-        assert!(matches!(parse(b"1234567890 rsp"), Err(FrameError::Header(_))));
+        assert!(matches!(
+            parse(b"1234567890 rsp"),
+            Err(FrameError::Header(_))
+        ));
         assert!(matches!(parse(b"1 rsp 2 OKX"), Err(FrameError::Trailer)));
-        assert!(matches!(parse(b"1 rsp 9999999 "), Err(FrameError::TooLong(_))));
+        assert!(matches!(
+            parse(b"1 rsp 9999999 "),
+            Err(FrameError::TooLong(_))
+        ));
         assert!(matches!(parse(b"1 r$p 0\n"), Err(FrameError::Header(_))));
         assert!(matches!(parse(b"1 rsp x\n"), Err(FrameError::Header(_))));
         assert!(matches!(answer(b"OK"), Err(FrameError::Code(_))));

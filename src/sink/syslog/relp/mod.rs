@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use prometheus::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::SyslogError;
 use super::transport::Io;
@@ -166,7 +167,9 @@ impl Session {
 
     /// Send the `syslog` frames in `buf` (frame `i` ends at `ends[i]`, numbered from
     /// [`Session::next_txnr`] on) with at most `window` unanswered, and wait until every
-    /// one is acknowledged. `rtt` observes each acknowledgement's round trip.
+    /// one is acknowledged. `rtt` observes each acknowledgement's round trip. When
+    /// `shutdown` is cancelled, waiting for answers stops at once: what was acknowledged
+    /// so far is reported, the rest is read again by the next agent.
     pub async fn exchange(
         &mut self,
         buf: &[u8],
@@ -174,6 +177,7 @@ impl Session {
         window: usize,
         ack_timeout: Duration,
         rtt: &Histogram,
+        shutdown: &CancellationToken,
     ) -> Result<(), Failure> {
         let n = ends.len();
         let window = window.max(1);
@@ -199,7 +203,13 @@ impl Session {
                 writes.push_back((upto, Instant::now()));
                 written = upto;
             }
-            let read = tokio::time::timeout(ack_timeout, self.fill()).await;
+            let read = tokio::select! {
+                read = tokio::time::timeout(ack_timeout, self.fill()) => read,
+                () = shutdown.cancelled() => {
+                    let error = SyslogError::ShuttingDown { addr: self.addr.clone() };
+                    return Err(fail(acked, written, error));
+                }
+            };
             match read {
                 Err(_) => {
                     let error = SyslogError::RelpStall {
