@@ -337,3 +337,216 @@ fn eof() -> std::io::Error {
         "the receiver closed the connection",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session against a scripted peer, for answers a real rsyslog gives only under
+    //! conditions a test cannot arrange (a full queue's `rsp 500`); the ordinary path is
+    //! tested against rsyslog's imrelp in tests/relp_sink.rs.
+
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    fn rtt() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("rtt", "rtt")).expect("histogram")
+    }
+
+    /// A client session on one end of a pipe, the peer's end after it answered `open`.
+    async fn session(
+        offers: &'static str,
+    ) -> Result<(Session, BufReader<DuplexStream>), SyslogError> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let peer = tokio::spawn(async move {
+            let mut server = BufReader::new(server);
+            let mut line = String::new();
+            // `1 open LEN relp_version=0` `relp_software=...` `commands=syslog`
+            for _ in 0..3 {
+                server.read_line(&mut line).await.expect("open");
+            }
+            assert!(line.starts_with("1 open "), "{line}");
+            let data = format!("200 OK\n{offers}");
+            let answer = format!("1 rsp {} {data}\n", data.len());
+            server
+                .get_mut()
+                .write_all(answer.as_bytes())
+                .await
+                .expect("answer");
+            server
+        });
+        let s = Session::open(Box::new(client), "peer:2514", Duration::from_secs(5)).await;
+        let server = peer.await.expect("peer");
+        s.map(|s| (s, server))
+    }
+
+    fn frames(n: u32, first: u32) -> (Vec<u8>, Vec<usize>) {
+        let (mut buf, mut ends) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            frame::push_frame(&mut buf, first + i, "syslog", format!("msg {i}").as_bytes());
+            ends.push(buf.len());
+        }
+        (buf, ends)
+    }
+
+    /// Read `n` frames and answer them with `answers` (whole frames, in order).
+    async fn answer(server: &mut BufReader<DuplexStream>, n: usize, answers: &str) {
+        let mut line = String::new();
+        for _ in 0..n {
+            line.clear();
+            server.read_line(&mut line).await.expect("frame");
+        }
+        server
+            .get_mut()
+            .write_all(answers.as_bytes())
+            .await
+            .expect("answers");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_accepts_what_was_acknowledged_before_it() {
+        let (mut s, mut server) = session("relp_version=0\ncommands=syslog")
+            .await
+            .expect("open");
+        assert_eq!(s.next_txnr(), 2);
+        let (buf, ends) = frames(3, 2);
+        let peer = tokio::spawn(async move {
+            answer(&mut server, 3, "2 rsp 6 200 OK\n3 rsp 14 500 queue full\n").await;
+            server
+        });
+        let f = s
+            .exchange(
+                &buf,
+                &ends,
+                8,
+                Duration::from_secs(5),
+                &rtt(),
+                &CancellationToken::new(),
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!((f.acked, f.written), (1, 3));
+        assert!(!f.ended());
+        assert_eq!(f.error.reason(), "relp_rejected");
+        let text = f.error.to_string();
+        assert!(
+            text.contains("rsp 500 queue full") && text.contains("2 unacknowledged"),
+            "{text}"
+        );
+        drop(peer);
+    }
+
+    #[tokio::test]
+    async fn serverclose_and_silence_end_the_session() {
+        let (mut s, mut server) = session("commands=syslog").await.expect("open");
+        let (buf, ends) = frames(2, 2);
+        let peer = tokio::spawn(async move {
+            answer(&mut server, 2, "2 rsp 6 200 OK\n0 serverclose 0\n").await;
+            server
+        });
+        let f = s
+            .exchange(
+                &buf,
+                &ends,
+                8,
+                Duration::from_secs(5),
+                &rtt(),
+                &CancellationToken::new(),
+            )
+            .await
+            .expect_err("closed");
+        assert_eq!((f.acked, f.written), (1, 2));
+        assert!(
+            f.ended(),
+            "a serverclose may be retried at once on an idle session"
+        );
+        assert_eq!(f.error.reason(), "relp_serverclose");
+        drop(peer);
+
+        // A peer that takes the frames and never answers: a window stall.
+        let (mut s, server) = session("commands=syslog").await.expect("open");
+        let (buf, ends) = frames(4, 2);
+        let f = s
+            .exchange(
+                &buf,
+                &ends,
+                2,
+                Duration::from_millis(200),
+                &rtt(),
+                &CancellationToken::new(),
+            )
+            .await
+            .expect_err("stalled");
+        assert_eq!(
+            (f.acked, f.written),
+            (0, 2),
+            "no more than the window goes out"
+        );
+        assert_eq!(f.error.reason(), "relp_stall");
+        assert!(
+            f.error.to_string().contains("none of 2 messages"),
+            "{}",
+            f.error
+        );
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn the_window_is_refilled_as_answers_arrive() {
+        let (mut s, mut server) = session("commands=syslog").await.expect("open");
+        let (buf, ends) = frames(10, 2);
+        let peer = tokio::spawn(async move {
+            // Answer one at a time: the client never has more than 4 unanswered.
+            let mut line = String::new();
+            let mut answered = 0u32;
+            let mut read = 0u32;
+            while answered < 10 {
+                line.clear();
+                server.read_line(&mut line).await.expect("frame");
+                read += 1;
+                assert!(
+                    read - answered <= 4,
+                    "{read} read, {answered} answered: window exceeded"
+                );
+                if read - answered == 4 || read == 10 {
+                    while answered < read {
+                        let a = format!("{} rsp 6 200 OK\n", answered + 2);
+                        server
+                            .get_mut()
+                            .write_all(a.as_bytes())
+                            .await
+                            .expect("answer");
+                        answered += 1;
+                    }
+                }
+            }
+            server
+        });
+        let h = rtt();
+        s.exchange(
+            &buf,
+            &ends,
+            4,
+            Duration::from_secs(5),
+            &h,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("all acknowledged");
+        assert_eq!(s.next_txnr(), 12);
+        assert_eq!(h.get_sample_count(), 10);
+        drop(peer.await.expect("peer"));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_without_the_syslog_command_is_refused() {
+        let err = session("relp_version=0\ncommands=foo")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.reason(), "relp_refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("(offered: foo)") && text.contains("imrelp listener"),
+            "{text}"
+        );
+    }
+}
