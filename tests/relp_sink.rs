@@ -331,7 +331,7 @@ async fn crash(rs: &mut Rsyslog, transport: SyslogTransport, marker: &str, n: us
             last = (count, Instant::now());
         }
         let quiet = last.1.elapsed() > Duration::from_secs(2);
-        if (count >= n && quiet) || (quiet && transport == SyslogTransport::Tcp) {
+        if quiet && (count >= n || transport == SyslogTransport::Tcp) {
             break;
         }
         assert!(
