@@ -6,7 +6,8 @@
 //! orderly close by the receiver (a restarted rsyslog closes its sockets): without that
 //! check the first batch after a close would be "written" into a socket whose peer is
 //! gone and lost. Data written into a healthy-looking socket whose peer dies right after
-//! is a limit of plain TCP syslog (there are no acknowledgements); RELP would lift it.
+//! is a limit of plain TCP syslog (there are no acknowledgements); `transport: relp`
+//! lifts it (see `relp`).
 
 use std::io::{self, Read as _};
 use std::mem::MaybeUninit;
