@@ -65,8 +65,26 @@ pub enum Protocol {
 }
 
 /// A stream connection, plain or TLS, for a protocol that reads answers (RELP).
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// Acknowledge what was received at once, not on the kernel's delayed-ACK timer
+    /// (Linux `TCP_QUICKACK`, which the kernel clears again: call after every read). A
+    /// receiver that writes its answers without `TCP_NODELAY` (librelp) holds each
+    /// answer after the first until our ACK comes: with delayed ACKs that is 40 ms per
+    /// window.
+    fn ack_now(&self) {}
+}
+
+impl Io for TcpStream {
+    fn ack_now(&self) {
+        let _ = SockRef::from(self).set_tcp_quickack(true);
+    }
+}
+
+impl Io for TlsStream<TcpStream> {
+    fn ack_now(&self) {
+        let _ = SockRef::from(self.get_ref().0).set_tcp_quickack(true);
+    }
+}
 
 pub enum Connection {
     Udp(UdpSocket),

@@ -312,6 +312,7 @@ impl Session {
         self.rbuf.resize(len + READ_CHUNK, 0);
         let read = self.io.read(&mut self.rbuf[len..]).await;
         self.rbuf.truncate(len + *read.as_ref().unwrap_or(&0));
+        self.io.ack_now();
         read
     }
 
@@ -346,6 +347,8 @@ mod tests {
 
     use super::*;
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    impl Io for DuplexStream {}
 
     fn rtt() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("rtt", "rtt")).expect("histogram")
