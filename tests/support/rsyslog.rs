@@ -96,7 +96,7 @@ pub struct Rsyslog {
 }
 
 /// imrelp's module, from Debian's rsyslog-relp.
-const IMRELP: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so";
+pub const IMRELP: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so";
 
 impl Rsyslog {
     /// Start rsyslogd, or return None outside CI when it is not installed (CI fails).
