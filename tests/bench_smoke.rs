@@ -1,7 +1,7 @@
 //! The benchmark harness (bench/run.sh) in smoke mode: a few thousand lines from one
 //! container through every scenario and all its sinks (fast syslog counter, rsyslog over
-//! TCP and RELP, osmem-server). Not a timed test: it checks only that the harness runs and that every
-//! line arrived, so that the harness cannot rot between benchmark runs.
+//! TCP and RELP, osmem-server). Not a timed test: it checks only that the harness runs
+//! and that every line arrived, so that the harness cannot rot between benchmark runs.
 //!
 //! It uses the binaries `cargo test` built (debug profile) instead of building release
 //! ones, which would take minutes.
