@@ -222,6 +222,12 @@ async fn in_order(rs: &Rsyslog, port: u16, tls: bool, input: &str) {
         metric(&registry, "logroute_agent_records_sent_total", &[]),
         N as u64
     );
+    // One session for all sends: what the receiver sent between them (TLS session
+    // tickets) did not pass for a closed session.
+    assert_eq!(
+        metric(&registry, "logroute_agent_sink_reconnects_total", &[]),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
