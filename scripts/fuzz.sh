@@ -8,7 +8,7 @@
 # system C++ compiler.
 #
 # Usage: [FUZZ_PROFILE=smoke] scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
-#   default 20 seconds for each of: docker_lines syslog_encode bulk_encode bulk_response
+#   default 20 seconds for each of: docker_lines cri_lines syslog_encode bulk_encode bulk_response
 #   route_document compile_logroute
 #
 # FUZZ_PROFILE: `release` (default; optimized, for long runs) or `smoke` (unoptimized, no
@@ -24,7 +24,7 @@ secs="${1:-20}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(docker_lines syslog_encode bulk_encode bulk_response route_document compile_logroute)
+  targets=(docker_lines cri_lines syslog_encode bulk_encode bulk_response route_document compile_logroute)
 fi
 
 host="$(rustc -vV | sed -n 's/^host: //p')"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install and start what the test suite needs on a Debian machine (run as root):
-# Docker (dockerd with --live-restore), rsyslog with TLS and RELP (imrelp), busybox-static for test
-# images, nginx and openssl for the TLS/auth front of the search server, the pinned
-# osmem-server from PyPI, the chart tools, and promtool (Debian's prometheus package)
-# to lint the metrics exposition. Idempotent: safe to run again.
+# Docker (dockerd with --live-restore), rsyslog with TLS and RELP (imrelp),
+# busybox-static for test images, nginx and openssl for the TLS/auth front of the search
+# server, the pinned osmem-server from PyPI, the chart tools, promtool (Debian's prometheus package)
+# to lint the metrics exposition and to check and unit-test the alert rules
+# (tests/alerts.rs), and containerd with runc for the CRI log tests (each test starts
+# a containerd of its own; protoc builds the CRI client crate).
+# Idempotent: safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +22,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   docker.io rsyslog rsyslog-gnutls rsyslog-relp busybox-static nginx-light openssl gnutls-bin \
-  ca-certificates procps iproute2 python3-pip python3-venv prometheus >/dev/null
+  ca-certificates procps iproute2 python3-pip python3-venv prometheus \
+  containerd runc protobuf-compiler >/dev/null
 
 log "python packages"
 if [ -f tests/requirements-osmem.txt ]; then

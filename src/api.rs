@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, LabelSelectorRequirement,
+    Condition, LabelSelector, LabelSelectorRequirement, Time,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -56,9 +56,13 @@ pub const EXCLUDE_KEY: &str = "logroute.dev/exclude";
     namespaced,
     status = "LogRouteStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Sinks","type":"string","jsonPath":".status.sinks"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Delivering","type":"string","jsonPath":".status.conditions[?(@.type==\"Delivering\")].status"}"#,
+    printcolumn = r#"{"name":"Sinks","type":"string","jsonPath":".status.health.sinksDelivering"}"#,
+    printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.health.lag"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Delivery","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Delivering\")].reason"}"#,
+    printcolumn = r#"{"name":"Targets","type":"string","priority":1,"jsonPath":".status.sinks"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = no_null_in_enums)]
@@ -411,6 +415,64 @@ pub struct LogRouteStatus {
     /// Namespaces the route currently covers, when it uses a namespaceSelector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<Vec<String>>,
+    /// Delivery health over all nodes, from the agents' reports (see the `Delivering`
+    /// condition). Absent while the route is not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RouteHealth>,
+}
+
+/// How the route's records are being delivered, summed over every node whose agent
+/// reported in the last minute or so.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteHealth {
+    /// The recent window the counts cover, e.g. `5m`.
+    pub window: String,
+    /// Nodes whose agents reported this route.
+    pub nodes: u32,
+    /// Sinks delivering of all sinks, e.g. `1/2`.
+    pub sinks_delivering: String,
+    /// The worst lag of any sink on any node, e.g. `3s` or `4m12s`.
+    pub lag: String,
+    /// One entry per sink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkHealth>,
+}
+
+/// Delivery health of one sink of the route, over all nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkHealth {
+    /// The sink's name in the spec.
+    pub name: String,
+    /// `syslog`, `elasticsearch` or `stdout`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// `Delivering`, `Failing`, `Lagging` or `Idle` (no container matched).
+    pub state: String,
+    /// Records the sink accepted during the window.
+    pub delivered: u64,
+    /// Records that will never reach the sink, by reason, during the window.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
+    /// Failed send attempts during the window (each is retried).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub send_errors: u64,
+    /// Containers whose logs go to the sink now.
+    pub containers: u32,
+    /// The last time any node's agent saw the sink accept records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<Time>,
+    /// The worst lag on any node, in seconds: newest line read minus newest line accepted.
+    pub lag_seconds: i64,
+    /// What is wrong, when the sink is failing: which kind of error, on how many nodes,
+    /// since when. Never message content or credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Remove `null` from every `enum` list below `schema`.

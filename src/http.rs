@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` and `/readyz`, served by every logroute process.
+//! `/metrics`, `/healthz` and `/readyz`, served by every logroute process (and the
+//! agent's `/routes` health report, see `agent::health`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,12 +42,24 @@ pub async fn serve(
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    serve_with(addr, registry, ready, Router::new(), shutdown).await
+}
+
+/// [`serve`] with more routes (the agent's `/routes` health report).
+pub async fn serve_with(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Readiness,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { registry, ready });
+        .with_state(AppState { registry, ready })
+        .merge(extra);
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -60,6 +60,14 @@ fn histogram(
     h
 }
 
+/// Add the process's CPU, memory and file descriptor metrics (`process_*`, Linux) to
+/// `reg`; a registry that has them already keeps them.
+fn process_metrics(reg: &Registry) {
+    let _ = reg.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+}
+
 /// Metrics of the controller.
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -68,10 +76,20 @@ pub struct ControllerMetrics {
     pub reconcile_duration: HistogramVec,
     /// `ready`: `true` / `false`.
     pub routes: IntGaugeVec,
+    /// Agent health report polls; `result`: `ok`, `version`, `request`, `status`,
+    /// `timeout`, `parse`.
+    pub agent_reports: IntCounterVec,
+    /// Nodes whose agent report counts in route health now.
+    pub agents_reporting: IntGauge,
+    /// 1 while this replica leads (reconciles), else 0.
+    pub leader: IntGauge,
+    /// LogRoute status writes made for delivery health.
+    pub health_writes: IntCounter,
 }
 
 impl ControllerMetrics {
     pub fn new(reg: &Registry) -> Self {
+        process_metrics(reg);
         Self {
             reconciliations: counter(
                 reg,
@@ -92,6 +110,37 @@ impl ControllerMetrics {
                 "LogRoutes by Ready condition",
                 &["ready"],
             ),
+            agent_reports: counter(
+                reg,
+                "logroute_controller_agent_reports_total",
+                "Polls of agents' route health reports by result",
+                &["result"],
+            ),
+            agents_reporting: {
+                let g = IntGauge::new(
+                    "logroute_controller_agents_reporting",
+                    "Nodes whose agent report counts in route health",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            leader: {
+                let g = IntGauge::new(
+                    "logroute_controller_leader",
+                    "1 while this controller replica holds the leader Lease and reconciles",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            health_writes: plain_counter(
+                reg,
+                "logroute_controller_health_status_writes_total",
+                "LogRoute status writes for delivery health",
+            ),
         }
     }
 }
@@ -99,6 +148,8 @@ impl ControllerMetrics {
 /// Metrics of the node agent and its sinks.
 #[derive(Clone)]
 pub struct AgentMetrics {
+    /// 1 once routes and pods are synced and containers are read (`/readyz`), else 0.
+    pub ready: IntGauge,
     pub containers_followed: IntGauge,
     /// `stream`.
     pub records_read: IntCounterVec,
@@ -180,7 +231,18 @@ impl AgentMetrics {
     pub fn new(reg: &Registry) -> Self {
         let sink = &["kind", "route", "sink"];
         let sink_reason = &["kind", "route", "sink", "reason"];
+        process_metrics(reg);
         Self {
+            ready: {
+                let g = IntGauge::new(
+                    "logroute_agent_ready",
+                    "1 when the agent is ready (routes and pods synced, containers read), else 0",
+                )
+                .expect("valid metric");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             containers_followed: {
                 let g = IntGauge::new(
                     "logroute_agent_containers_followed",

@@ -78,7 +78,7 @@ pub const PERMISSIONS: &[Permission] = &[
         resource: "logroutes/status",
         verbs: &["patch"],
         scope: Scope::Cluster,
-        why: "report Ready, observedGeneration, sinks and namespaces",
+        why: "report Ready, Delivering, observedGeneration, sinks, namespaces and delivery health",
     },
     Permission {
         component: Component::Controller,
@@ -107,6 +107,14 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["list", "watch"],
         scope: Scope::Cluster,
         why: "read the Secrets labelled logroute.dev/credentials=true that LogRoutes reference in their own namespaces, and re-reconcile when they change",
+    },
+    Permission {
+        component: Component::Controller,
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        scope: Scope::OperatorNamespace,
+        why: "find the agent pods (by label) and the node each runs on, to poll their route health reports",
     },
     Permission {
         component: Component::Controller,

@@ -269,13 +269,15 @@ fn rendered_objects_validate_against_kubernetes_schemas() {
     };
     for render in RENDERS {
         let docs = render.template(&helm);
-        // kubernetes-validate knows only built-in kinds: the ServiceMonitor (a Prometheus
-        // Operator CRD) is checked for presence and shape by other tests, not here.
-        let (monitors, builtin): (Vec<_>, Vec<_>) =
-            docs.into_iter().partition(|d| kind(d) == "ServiceMonitor");
+        // kubernetes-validate knows only built-in kinds: the ServiceMonitor and the
+        // PrometheusRule (Prometheus Operator CRDs) are checked for presence and shape by
+        // other tests, not here.
+        let (monitors, builtin): (Vec<_>, Vec<_>) = docs
+            .into_iter()
+            .partition(|d| matches!(kind(d), "ServiceMonitor" | "PrometheusRule"));
         assert_eq!(
             monitors.len(),
-            usize::from(render.values.is_some()),
+            2 * usize::from(render.values.is_some()),
             "ServiceMonitors of {}",
             render.describe()
         );
@@ -1154,4 +1156,112 @@ fn the_rendered_egress_policy_is_read_by_the_controller() {
             render.describe()
         );
     }
+}
+
+/// The dashboard ConfigMap and the PrometheusRule are off by default; when on, they carry
+/// the files of charts/logroute/files unchanged, with the sidecar label; and the
+/// controller polls exactly this release's agent pods on the agent's metrics port.
+#[test]
+fn dashboard_alerts_and_route_health_wiring() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let defaults = DEFAULT.template(&helm);
+    assert!(
+        !defaults
+            .iter()
+            .any(|d| kind(d) == "PrometheusRule" || name(d).ends_with("-dashboard")),
+        "dashboard and rules are opt-in"
+    );
+    for render in RENDERS {
+        let docs = render.template(&helm);
+        let (controller, _) = workloads(&docs);
+        let c = &controller.containers[0];
+        let daemonset: DaemonSet = one(&docs, "DaemonSet");
+        let pod_labels = daemonset
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.labels)
+            .expect("agent pod labels");
+        let selector = env_value(c, "LOGROUTE_AGENT_SELECTOR").expect("agent selector");
+        for pair in selector.split(',') {
+            let (k, v) = pair.split_once('=').expect("key=value");
+            assert_eq!(
+                pod_labels.get(k).map(String::as_str),
+                Some(v),
+                "{}: {pair}",
+                render.describe()
+            );
+        }
+        assert!(
+            selector.contains("app.kubernetes.io/instance="),
+            "{selector}"
+        );
+        let port = env_value(c, "LOGROUTE_AGENT_PORT").expect("agent port");
+        let ds_port = one::<DaemonSet>(&docs, "DaemonSet")
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].ports.clone().unwrap_or_default())
+            .and_then(|ports| {
+                ports
+                    .into_iter()
+                    .find(|p| p.name.as_deref() == Some("metrics"))
+            })
+            .map(|p| p.container_port.to_string());
+        assert_eq!(Some(port), ds_port, "{}", render.describe());
+    }
+    let docs = NON_DEFAULT.template(&helm);
+    let (controller, _) = workloads(&docs);
+    let c = &controller.containers[0];
+    assert_eq!(
+        env_value(c, "LOGROUTE_HEALTH_POLL_MS").as_deref(),
+        Some("30000")
+    );
+    assert_eq!(
+        env_value(c, "LOGROUTE_STATUS_WRITES_PER_SECOND").as_deref(),
+        Some("0.5")
+    );
+    assert_eq!(
+        env_value(c, "LOGROUTE_LAG_THRESHOLD_SECONDS").as_deref(),
+        Some("120")
+    );
+
+    let dashboard = docs
+        .iter()
+        .find(|d| kind(d) == "ConfigMap" && name(d) == "logs-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "Logging"
+    );
+    let file = std::fs::read_to_string(repo().join("charts/logroute/files/dashboard.json"))
+        .expect("read the dashboard");
+    let shipped: serde_json::Value = serde_json::from_str(
+        dashboard["data"]["logroute.json"]
+            .as_str()
+            .expect("JSON key"),
+    )
+    .expect("the shipped dashboard parses");
+    assert_eq!(
+        shipped,
+        serde_json::from_str::<serde_json::Value>(&file).expect("file parses")
+    );
+
+    let rule = docs
+        .iter()
+        .find(|d| kind(d) == "PrometheusRule")
+        .expect("the PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("charts/logroute/files/alerts.yaml"))
+            .expect("read the rules"),
+    )
+    .expect("rules YAML");
+    assert_eq!(
+        rule["spec"]["groups"], rules["groups"],
+        "the PrometheusRule holds the rules file"
+    );
 }

@@ -30,6 +30,8 @@ fn crds_directory_holds_exactly_the_generated_crd() {
         "subresources:\n      status: {}",
         "name: Ready",
         "name: Sinks",
+        "name: Delivering",
+        "name: Lag",
     ] {
         assert!(generated.contains(needle), "CRD lacks {needle:?}");
     }

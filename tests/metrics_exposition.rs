@@ -17,11 +17,20 @@ fn controller_exposition_passes_promtool() {
         .observe(0.012);
     m.routes.with_label_values(&["true"]).set(3);
     m.routes.with_label_values(&["false"]).set(1);
+    m.agent_reports.with_label_values(&["ok"]).inc();
+    m.agents_reporting.set(2);
+    m.leader.set(1);
+    m.health_writes.inc();
     let text = render(&registry);
     for family in [
         "logroute_controller_reconciliations_total",
         "logroute_controller_reconcile_duration_seconds",
         "logroute_controller_routes",
+        "logroute_controller_agent_reports_total",
+        "logroute_controller_agents_reporting",
+        "logroute_controller_leader",
+        "logroute_controller_health_status_writes_total",
+        "process_cpu_seconds_total",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),

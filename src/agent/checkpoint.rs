@@ -515,6 +515,17 @@ impl Checkpoints {
         out
     }
 
+    /// Live lanes (containers being delivered) of each (route, sink).
+    pub fn lanes_per_sink(&self) -> HashMap<(String, String), u32> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: HashMap<(String, String), u32> = HashMap::new();
+        for lane in lanes.iter().filter_map(Weak::upgrade) {
+            *out.entry((lane.route.clone(), lane.sink.clone()))
+                .or_default() += 1;
+        }
+        out
+    }
+
     /// Double the number of slots.
     fn grow(&self, inner: &mut Inner) -> Result<usize, CheckpointError> {
         let old = inner.slots.len();

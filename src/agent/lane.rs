@@ -267,12 +267,31 @@ impl Lane {
     /// read by the head, so none of them counts as missed.
     pub fn start_detached(&mut self, head: Cursor) {
         self.held = 0;
-        self.detach(head);
+        self.detach(head, None);
     }
 
     /// Fall behind: lines past `counted` on each stream are counted as missed until
-    /// the catch-up reads them again.
-    fn detach(&mut self, counted: Cursor) {
+    /// the catch-up reads them again. The lines held (consumed past the position) are
+    /// missed already; `failed` is the line that did not fit, if one did not.
+    fn detach(&mut self, counted: Cursor, failed: Option<&LogLine>) {
+        // Per stream, the furthest line counted in `missed` now: the head must not
+        // count these again when it reads them (a catch-up may have read them ahead).
+        let mut missed_upto = counted;
+        if self.held > 0 {
+            for s in [StreamName::Stdout, StreamName::Stderr] {
+                let held = self.joiners.as_ref().map(|j| *j[index(s)].last.stream(s));
+                let upto = missed_upto.stream_mut(s);
+                if let Some(h) = held.filter(|h| later(h, upto)) {
+                    *upto = h;
+                }
+            }
+            if let Some(line) = failed {
+                let s = line.stream;
+                if later(line.cursor.stream(s), missed_upto.stream(s)) {
+                    *missed_upto.stream_mut(s) = *line.cursor.stream(s);
+                }
+            }
+        }
         self.reset_joiners();
         self.owed = false;
         let missed = std::mem::take(&mut self.held);
@@ -285,7 +304,7 @@ impl Lane {
         gauge.inc();
         self.mode = Mode::Detached(Box::new(Detached {
             missed,
-            missed_upto: counted,
+            missed_upto,
             recovered: 0,
             counted,
             floor: counted,
@@ -366,7 +385,7 @@ impl Lane {
         match self.take(line, info, shared, now) {
             Ok(()) => Outcome::Taken,
             Err(Full) => {
-                self.detach(self.pos);
+                self.detach(self.pos, Some(line));
                 self.spill(line, before);
                 Outcome::Detached
             }
@@ -388,7 +407,9 @@ impl Lane {
         let s = line.stream;
         let own = line.cursor.stream(s);
         if later(own, d.counted.stream(s)) {
-            let recovered = !later(own, head.stream(s));
+            // Recovered: a line counted in `missed` (read by the head while the lane
+            // was detached, or held by the lane when it detached).
+            let recovered = !later(own, d.missed_upto.stream(s));
             if recovered {
                 d.recovered += 1;
             }
@@ -667,7 +688,7 @@ impl Lane {
                 .offer(Arc::new(joined(info, s, done)), s, &end, lines)
                 .is_err()
             {
-                self.detach(self.pos);
+                self.detach(self.pos, None);
                 return;
             }
         }

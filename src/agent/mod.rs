@@ -6,6 +6,7 @@
 pub mod checkpoint;
 mod container;
 pub mod docker;
+pub mod health;
 pub mod lane;
 #[cfg(test)]
 mod lane_model;
@@ -13,6 +14,7 @@ pub mod multiline;
 pub mod pipeline;
 pub mod pods;
 pub mod routes;
+pub mod source;
 pub mod spill;
 
 use std::net::SocketAddr;
@@ -162,6 +164,8 @@ pub struct Agent {
     pub metrics: AgentMetrics,
     pub registry: Registry,
     pub ready: Readiness,
+    /// This node's route health, served on `/routes` for the controller.
+    pub health: health::Reports,
     routes: watch::Receiver<Arc<RouteTable>>,
     stop: CancellationToken,
     sink_stop: CancellationToken,
@@ -302,10 +306,19 @@ impl Agent {
             exited_since,
         ));
         let manager = tokio::spawn(pipeline::manage(ctx, events_rx, went));
+        let health = health::spawn(
+            node_name(args),
+            metrics.clone(),
+            checkpoints.clone(),
+            routes.clone(),
+            ready.clone(),
+            stop.clone(),
+        );
         Ok(Self {
             metrics,
             registry,
             ready,
+            health,
             routes,
             stop,
             sink_stop,
@@ -443,6 +456,10 @@ async fn sweep_checkpoints(
     }
 }
 
+fn node_name(args: &AgentArgs) -> String {
+    args.node_name.clone().unwrap_or_else(local_hostname)
+}
+
 fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -477,10 +494,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let agent = Agent::start(&args, source, pods).await?;
     let http_stop = CancellationToken::new();
-    let server = http::serve(
+    let server = http::serve_with(
         args.metrics_addr,
         agent.registry.clone(),
         agent.ready.clone(),
+        agent.health.router(),
         http_stop.clone(),
     )
     .await

@@ -14,6 +14,7 @@
 
 pub mod context;
 pub mod error;
+pub mod health;
 pub mod index;
 pub mod leader;
 pub mod objects;
@@ -95,6 +96,8 @@ pub struct ControllerArgs {
     /// send anywhere except loopback, link-local and the API server.
     #[arg(long, env = "LOGROUTE_EGRESS_POLICY")]
     pub egress_policy: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub health: health::HealthArgs,
 }
 
 impl ControllerArgs {
@@ -162,7 +165,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 identity.clone(),
                 metrics.clone(),
                 readiness.clone(),
-                policy.clone(),
+                LeadSettings {
+                    policy: policy.clone(),
+                    health: args.health.clone(),
+                },
                 stop,
             )
         },
@@ -177,6 +183,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the leader works with besides its client and identity.
+struct LeadSettings {
+    policy: crate::route::Policy,
+    health: health::HealthArgs,
+}
+
 /// What the leader does until `stop`: sweep orphans, then run the Controller.
 /// [`leader::run_elected`] aborts this task if it does not stop in time, so nothing here
 /// writes after the lease may have passed to another replica.
@@ -186,10 +198,15 @@ async fn lead(
     identity: String,
     metrics: ControllerMetrics,
     readiness: Readiness,
-    policy: crate::route::Policy,
+    settings: LeadSettings,
     stop: CancellationToken,
 ) -> Result<(), Error> {
+    let LeadSettings {
+        policy,
+        health: health_args,
+    } = settings;
     readiness.set(false);
+    let _leading = Leading::new(&metrics);
     loop {
         let swept = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -223,6 +240,17 @@ async fn lead(
     );
     let sync = CacheSync::new(readiness);
     let (route_cache, route_writer) = reflector::store::<Guarded>();
+    // Route health runs while this replica leads, and stops with it.
+    let health_stop = stop.child_token();
+    let _health_guard = health_stop.clone().drop_guard();
+    tokio::spawn(health::run(
+        client.clone(),
+        ctx.operator_namespace.clone(),
+        health_args,
+        route_cache.clone(),
+        ctx.metrics.clone(),
+        health_stop,
+    ));
     let route_sync = sync.clone();
     let route_events = watcher(
         Api::<Guarded>::all(client),
@@ -266,6 +294,23 @@ async fn lead(
         })
         .await;
     Ok(())
+}
+
+/// `logroute_controller_leader` is 1 while this value lives (the task leading may be
+/// aborted, so a drop guard rather than a reset at the end).
+struct Leading(ControllerMetrics);
+
+impl Leading {
+    fn new(metrics: &ControllerMetrics) -> Self {
+        metrics.leader.set(1);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.leader.set(0);
+    }
 }
 
 /// `stream`, not polled before `gate` completes.

@@ -13,6 +13,8 @@ use crate::route::document::{CompiledRoute, NamespaceScope};
 use crate::route::{Compiled, Problem};
 
 pub const READY: &str = "Ready";
+/// Condition type of delivery health, written by [`super::health`].
+pub const DELIVERING: &str = "Delivering";
 pub const REASON_COMPILED: &str = "Compiled";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 
@@ -146,18 +148,33 @@ pub fn desired(
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => Time(Timestamp::now()),
     };
+    let mut conditions = vec![Condition {
+        type_: READY.to_string(),
+        status: status.to_string(),
+        reason,
+        message: truncate(&message, MESSAGE_MAX),
+        observed_generation: generation,
+        last_transition_time,
+    }];
+    // Delivery health is the health writer's (`super::health`); a reconcile keeps what
+    // it wrote while the route stays Ready, and removes it when the route is not.
+    let mut health = None;
+    if let (true, Some(previous)) = (ready, previous) {
+        conditions.extend(
+            previous
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == DELIVERING)
+                .cloned(),
+        );
+        health = previous.health.clone();
+    }
     LogRouteStatus {
         observed_generation: generation,
-        conditions: vec![Condition {
-            type_: READY.to_string(),
-            status: status.to_string(),
-            reason,
-            message: truncate(&message, MESSAGE_MAX),
-            observed_generation: generation,
-            last_transition_time,
-        }],
+        conditions,
         sinks,
         namespaces,
+        health,
     }
 }
 

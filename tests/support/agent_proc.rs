@@ -230,6 +230,11 @@ impl AgentProc {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The agent's metrics port (its `/routes` report is there too).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `GET /metrics`; empty when the agent does not answer.
     pub fn metrics(&self) -> String {
         self.get("/metrics")

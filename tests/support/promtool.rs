@@ -38,3 +38,23 @@ pub fn check_metrics(what: &str, text: &str) {
         "promtool check metrics on the {what} exposition: {findings}\n--- exposition ---\n{text}"
     );
 }
+
+/// Run `promtool <args>`; panics with its output unless it succeeds. Returns false
+/// (after [`env::missing`]) when promtool is not installed outside CI.
+pub fn run(args: &[&str]) -> bool {
+    let out = match Command::new("promtool").args(args).output() {
+        Ok(o) => o,
+        Err(_) => {
+            env::missing("promtool", INSTALL);
+            return false;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}

@@ -27,3 +27,24 @@ pub fn missing_ranges(seen: &[usize], n: usize) -> Vec<String> {
     }
     missing
 }
+
+/// `nums` is 1..=`n` in order except that, once, a run of at most `max` consecutive
+/// lines arrives a second time right after itself: what a crash between a send and the
+/// store of its checkpoint repeats (README, "Delivery guarantees": one send of at most
+/// 64 records). Returns the repeated run.
+pub fn one_send_repeated(nums: &[usize], n: usize, max: usize) -> Option<(usize, usize)> {
+    if nums.len() <= n || nums.len() > n + max {
+        return None;
+    }
+    let extra = nums.len() - n;
+    // The first place the sequence steps back is where the repeat starts.
+    let back = nums.windows(2).position(|w| w[1] <= w[0])? + 1;
+    let run = (nums[back], nums[back] + extra - 1);
+    let mut without = nums[..back].to_vec();
+    without.extend_from_slice(&nums[back + extra..]);
+    let repeated = &nums[back..back + extra];
+    let ok = without == (1..=n).collect::<Vec<_>>()
+        && repeated == (run.0..=run.1).collect::<Vec<_>>()
+        && nums[back - 1] == run.1;
+    ok.then_some(run)
+}

@@ -1,0 +1,3 @@
+//! Where a container's records come from.
+
+pub mod cri;
