@@ -14,9 +14,10 @@ Scenarios, each run --runs times (medians reported):
            received by the counter.
   idle     RSS and CPU of an agent with one route following --idle-containers
            containers that print nothing.
-  rsyslog, osmem
+  rsyslog, relp, osmem
            backlog of --other-lines lines (1 container) forwarded to rsyslog (imtcp,
-           octet-counted RFC 5424) and to osmem-server (_bulk).
+           octet-counted RFC 5424; imrelp, the same messages over RELP with its default
+           window of 128) and to osmem-server (_bulk).
 """
 
 import argparse
@@ -225,16 +226,17 @@ spec:
         yaml = f'{{name: counter, syslog: {{address: "127.0.0.1:{port}"}}}}'
         return yaml, wait, proc
 
-    def rsyslog(self):
+    def rsyslog(self, relp=False):
         d = tempfile.mkdtemp(dir=self.work)
         port = free_port()
         out = os.path.join(d, "received.log")
         conf = os.path.join(d, "rsyslog.conf")
+        module = "imrelp" if relp else "imtcp"
         with open(conf, "w") as f:
             f.write(f"""global(workDirectory="{d}" maxMessageSize="64k")
-module(load="imtcp")
+module(load="{module}")
 template(name="msgonly" type="string" string="%msg%\\n")
-input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="bench")
+input(type="{module}" address="127.0.0.1" port="{port}" ruleset="bench")
 ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" asyncWriting="on" flushOnTXEnd="off" ioBufferSize="256k") }}
 """)
         proc = subprocess.Popen(["/usr/sbin/rsyslogd", "-n", "-f", conf, "-i", os.path.join(d, "pid")])
@@ -244,7 +246,8 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
                 break
             except OSError:
                 time.sleep(0.02)
-        return f'{{name: rsyslog, syslog: {{address: "127.0.0.1:{port}"}}}}', out, proc
+        transport = ", transport: relp" if relp else ""
+        return f'{{name: rsyslog, syslog: {{address: "127.0.0.1:{port}"{transport}}}}}', out, proc
 
     def osmem(self):
         binary = subprocess.run(["python3", "-c", "import osmem_server;print(osmem_server.resolve_binary())"],
@@ -264,8 +267,8 @@ ruleset(name="bench") {{ action(type="omfile" file="{out}" template="msgonly" as
         # rsyslog and osmem also get the probe line of start_agent.
         if sink == "counter":
             yaml, wait, sink_proc = self.counter(lines, deadline)
-        elif sink == "rsyslog":
-            yaml, path, sink_proc = self.rsyslog()
+        elif sink in ("rsyslog", "relp"):
+            yaml, path, sink_proc = self.rsyslog(relp=sink == "relp")
             wait = lambda: wait_file_lines(path, lines + 1, deadline)
         else:
             yaml, url, sink_proc = self.osmem()
@@ -512,7 +515,7 @@ def main():
     p.add_argument("--idle-containers", type=int, default=20)
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--deadline", type=float, default=300)
-    p.add_argument("--scenarios", default="backlog,live,latency,idle,rsyslog,osmem")
+    p.add_argument("--scenarios", default="backlog,live,latency,idle,rsyslog,relp,osmem")
     p.add_argument("--json", help="also write all results here")
     a = p.parse_args()
     if a.smoke:
@@ -534,6 +537,7 @@ def main():
                 "latency": [("latency", lambda: b.latency(a.rate, a.seconds))],
                 "idle": [("idle", lambda: b.idle(a.idle_containers))],
                 "rsyslog": [("rsyslog 1c", lambda: b.backlog("rsyslog", 1, a.other_lines))],
+                "relp": [("rsyslog relp 1c", lambda: b.backlog("relp", 1, a.other_lines))],
                 "osmem": [("osmem 1c", lambda: b.backlog("osmem", 1, a.other_lines))],
             }[name]
             for key, fn in plan:

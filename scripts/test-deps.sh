@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install and start what the test suite needs on a Debian machine (run as root):
-# Docker (dockerd with --live-restore), rsyslog with TLS, busybox-static for test
-# images, nginx and openssl for the TLS/auth front of the search server, the pinned
-# osmem-server from PyPI, the chart tools, promtool (Debian's prometheus package)
+# Docker (dockerd with --live-restore), rsyslog with TLS and RELP (imrelp),
+# busybox-static for test images, nginx and openssl for the TLS/auth front of the search
+# server, the pinned osmem-server from PyPI, the chart tools, promtool (Debian's prometheus package)
 # to lint the metrics exposition and to check and unit-test the alert rules
 # (tests/alerts.rs), and containerd with runc for the CRI log tests (each test starts
 # a containerd of its own; protoc builds the CRI client crate).
@@ -21,7 +21,7 @@ log "apt packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  docker.io rsyslog rsyslog-gnutls busybox-static nginx-light openssl gnutls-bin \
+  docker.io rsyslog rsyslog-gnutls rsyslog-relp busybox-static nginx-light openssl gnutls-bin \
   ca-certificates procps iproute2 python3-pip python3-venv prometheus \
   containerd runc protobuf-compiler >/dev/null
 

@@ -189,13 +189,15 @@ pub struct Sink {
 pub struct SyslogSink {
     /// `host:port` of the receiver (IPv6 as `[addr]:port`).
     pub address: String,
-    /// `udp`, `tcp` (default) or `tls`.
+    /// `udp`, `tcp` (default), `tls` or `relp` (RELP: every message acknowledged by the
+    /// receiver; see `relp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<SyslogTransport>,
     /// `rfc5424` (default) or `rfc3164`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<SyslogFormat>,
     /// Stream framing for tcp/tls: `octet-counting` (default, RFC 6587) or `newline`.
+    /// Not for relp, which frames every message itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub framing: Option<SyslogFraming>,
     /// Facility name (`kern`..`local7`), default `local0`.
@@ -208,9 +210,36 @@ pub struct SyslogSink {
     /// for udp; at most 65000 for udp). Longer records are cut, marked and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<u32>,
-    /// TLS settings for `transport: tls`.
+    /// TLS settings for `transport: tls`, and for `transport: relp` with `relp.tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// RELP settings, for `transport: relp` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relp: Option<RelpConfig>,
+}
+
+/// RELP (rsyslog's Reliable Event Logging Protocol, imrelp): the receiver acknowledges
+/// each message, and the agent's checkpoint advances only past acknowledged ones.
+/// Messages unacknowledged when a connection ends are sent again on the next one
+/// (at least once: a receiver that took a message but died before acknowledging it gets
+/// it twice).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelpConfig {
+    /// RELP over TLS (imrelp `tls="on"`), verified and authenticated with the `tls`
+    /// settings (CA and client certificate Secrets as for `transport: tls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// Messages sent and not yet acknowledged, at most (1–1024, default 128; rsyslog's
+    /// omrelp uses 128). A larger window hides more round-trip time; a receiver that
+    /// crashes may get up to this many messages twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
+    /// How long to wait for an acknowledgement before the connection is given up as
+    /// stalled and its unacknowledged messages are sent again on a new one, in
+    /// milliseconds (1000–300000, default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_timeout_ms: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -219,6 +248,7 @@ pub enum SyslogTransport {
     Udp,
     Tcp,
     Tls,
+    Relp,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

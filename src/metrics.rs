@@ -13,6 +13,11 @@ use prometheus::{
 };
 
 /// Latency buckets from 1 ms to ~30 s.
+/// Round trips on a LAN or loopback are well under a millisecond.
+const RTT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -209,6 +214,13 @@ pub struct AgentMetrics {
     /// Elasticsearch bulk documents; `route`, `sink`, `result` (`created`, `indexed`,
     /// `rejected`, `retried`).
     pub es_documents: IntCounterVec,
+    /// RELP messages the receiver acknowledged (`rsp 200`); `route`, `sink`.
+    pub relp_acks: IntCounterVec,
+    /// RELP messages sent again because the connection they went out on ended before
+    /// the receiver acknowledged them; `route`, `sink`.
+    pub relp_resends: IntCounterVec,
+    /// RELP round-trip time: a message written to its `rsp`; `route`, `sink`.
+    pub relp_ack_rtt: HistogramVec,
     /// `route`, `sink`.
     pub es_bulk_duration: HistogramVec,
     /// `route`, `sink`: documents per bulk request.
@@ -430,6 +442,25 @@ impl AgentMetrics {
                 "Bulk item outcomes",
                 &["route", "sink", "result"],
             ),
+            relp_acks: counter(
+                reg,
+                "logroute_agent_relp_acks_total",
+                "RELP messages acknowledged by the receiver",
+                &["route", "sink"],
+            ),
+            relp_resends: counter(
+                reg,
+                "logroute_agent_relp_resends_total",
+                "RELP messages sent again after their connection ended unacknowledged",
+                &["route", "sink"],
+            ),
+            relp_ack_rtt: histogram(
+                reg,
+                "logroute_agent_relp_ack_rtt_seconds",
+                "Time from writing a RELP message to its acknowledgement",
+                &["route", "sink"],
+                RTT_BUCKETS,
+            ),
             es_bulk_duration: histogram(
                 reg,
                 "logroute_agent_elasticsearch_bulk_duration_seconds",
@@ -472,6 +503,9 @@ impl AgentMetrics {
         forget(&self.es_documents, route);
         forget(&self.es_bulk_duration, route);
         forget(&self.es_batch_size, route);
+        forget(&self.relp_acks, route);
+        forget(&self.relp_resends, route);
+        forget(&self.relp_ack_rtt, route);
     }
 }
 

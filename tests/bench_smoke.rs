@@ -1,7 +1,7 @@
 //! The benchmark harness (bench/run.sh) in smoke mode: a few thousand lines from one
-//! container through every scenario and all three sinks (fast syslog counter, rsyslog,
-//! osmem-server). Not a timed test: it checks only that the harness runs and that every
-//! line arrived, so that the harness cannot rot between benchmark runs.
+//! container through every scenario and all its sinks (fast syslog counter, rsyslog over
+//! TCP and RELP, osmem-server). Not a timed test: it checks only that the harness runs
+//! and that every line arrived, so that the harness cannot rot between benchmark runs.
 //!
 //! It uses the binaries `cargo test` built (debug profile) instead of building release
 //! ones, which would take minutes.
@@ -23,8 +23,11 @@ fn the_benchmark_harness_runs_and_counts_every_line() {
         );
         return;
     }
-    if !Path::new(rsyslog::RSYSLOGD).exists() {
-        env::missing("rsyslogd", "apt-get install -y rsyslog");
+    if !Path::new(rsyslog::RSYSLOGD).exists() || !Path::new(rsyslog::IMRELP).exists() {
+        env::missing(
+            "rsyslogd with imrelp",
+            "apt-get install -y rsyslog rsyslog-relp",
+        );
         return;
     }
     if osmem::binary().is_none() {

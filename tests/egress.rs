@@ -107,6 +107,7 @@ fn syslog(host: &str, port: u16, egress: EgressRules) -> SyslogConfig {
         severity: None,
         max_message_bytes: 65536,
         tls: None,
+        relp: None,
         egress: Some(egress),
     }
 }

@@ -94,6 +94,7 @@ fn config(
             65536
         },
         tls: None,
+        relp: None,
         egress: None,
     }
 }
@@ -157,7 +158,7 @@ fn tagged<'a>(got: &'a [Received], marker: &str) -> Vec<&'a Received> {
 
 #[tokio::test]
 async fn every_transport_format_and_framing_delivers() {
-    let Some(rs) = Rsyslog::start_or_skip() else {
+    let Some(rs) = Rsyslog::start_relp_or_skip() else {
         return;
     };
     use SyslogFormat::*;
@@ -172,6 +173,8 @@ async fn every_transport_format_and_framing_delivers() {
         (Udp, Rfc3164, OctetCounting),
         (Tls, Rfc5424, OctetCounting),
         (Tls, Rfc3164, Newline),
+        (Relp, Rfc5424, OctetCounting),
+        (Relp, Rfc3164, OctetCounting),
     ];
     let app = pod("payments", "payments-api-7d9f", "api", POD_ID);
     let nginx = host("nginx", HOST_ID);
@@ -181,6 +184,7 @@ async fn every_transport_format_and_framing_delivers() {
             Udp => rs.udp_port,
             Tcp => rs.tcp_port,
             Tls => rs.tls_port,
+            Relp => rs.relp_port,
         };
         let mut cfg = config(port, transport, format, framing);
         if transport == Tls {
@@ -213,6 +217,7 @@ async fn every_transport_format_and_framing_delivers() {
             Udp => "udp",
             Tcp => "tcp",
             Tls => "tls",
+            Relp => "relp",
         };
         let multiline = match (transport, framing) {
             (Tcp | Tls, Newline) => format!("combo{i} err#012  at frame 1#012  at frame 2"),

@@ -11,14 +11,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    Compression, ElasticsearchAuth, ElasticsearchSink, LogRoute, SecretKeyRef, SecretRef, Sink,
-    StreamName, SyslogFormat, SyslogFraming, SyslogSink, SyslogTransport, TlsConfig,
+    Compression, ElasticsearchAuth, ElasticsearchSink, LogRoute, RelpConfig, SecretKeyRef,
+    SecretRef, Sink, StreamName, SyslogFormat, SyslogFraming, SyslogSink, SyslogTransport,
+    TlsConfig,
 };
 use crate::route::document::{
     CompiledFilter, CompiledMultiline, CompiledRoute, CompiledSink, CredentialRef,
     DOCUMENT_VERSION, ElasticsearchConfig, ElasticsearchCredentials, HostContainerSelector,
-    IndexTarget, LabelOperator, LabelRequirement, NamespaceScope, PodSelector, RouteIdentity,
-    Scope, SinkConfig, StdoutConfig, SyslogConfig, TlsSettings,
+    IndexTarget, LabelOperator, LabelRequirement, NamespaceScope, PodSelector, RelpSettings,
+    RouteIdentity, Scope, SinkConfig, StdoutConfig, SyslogConfig, TlsSettings,
 };
 use crate::route::egress::{Destination, Scheme, Verdict, url_destination};
 use crate::route::policy::{Policy, RoutePolicy};
@@ -616,14 +617,23 @@ impl Compiler<'_, '_> {
             limit,
             default_max,
         );
-        if s.framing.is_some() && transport == SyslogTransport::Udp {
+        if s.framing.is_some() && matches!(transport, SyslogTransport::Udp | SyslogTransport::Relp)
+        {
             self.invalid(
                 &format!("{at}.framing"),
-                "framing applies to tcp and tls only; remove it for udp".into(),
+                "framing applies to tcp and tls only (RELP frames every message itself); remove it"
+                    .into(),
             );
         }
-        let tls = match (transport, &s.tls) {
-            (SyslogTransport::Tls, tls) => {
+        let relp = self.relp(at, transport, s.relp.as_ref());
+        let relp_tls = s.relp.as_ref().is_some_and(|r| r.tls);
+        let wants_tls = match transport {
+            SyslogTransport::Tls => true,
+            SyslogTransport::Relp => relp_tls,
+            SyslogTransport::Udp | SyslogTransport::Tcp => false,
+        };
+        let tls = match (&s.tls, wants_tls) {
+            (tls, true) => {
                 let default = TlsConfig::default();
                 let host = address
                     .as_ref()
@@ -637,20 +647,30 @@ impl Compiler<'_, '_> {
                     host,
                 ))
             }
-            (_, Some(_)) => {
+            (Some(_), false) if transport == SyslogTransport::Relp => {
+                self.invalid(
+                    &format!("{at}.tls"),
+                    "tls is set but relp.tls is not true; set relp.tls: true for RELP over TLS or remove tls".into(),
+                );
+                None
+            }
+            (Some(_), false) => {
                 self.invalid(
                     &format!("{at}.tls"),
                     "tls is set but transport is not tls; set transport: tls or remove tls".into(),
                 );
                 None
             }
-            (_, None) => None,
+            (None, false) => None,
         };
         let (host, port) = address?;
+        // RELP is TCP, or TLS with relp.tls, to the operator's egress policy.
         let scheme = match transport {
             SyslogTransport::Udp => Scheme::Udp,
             SyslogTransport::Tcp => Scheme::Tcp,
             SyslogTransport::Tls => Scheme::Tls,
+            SyslogTransport::Relp if relp_tls => Scheme::Tls,
+            SyslogTransport::Relp => Scheme::Tcp,
         };
         self.egress(&format!("{at}.address"), &host, port, scheme);
         Some(SyslogConfig {
@@ -663,7 +683,38 @@ impl Compiler<'_, '_> {
             severity,
             max_message_bytes,
             tls,
+            relp,
             egress: self.tenancy.egress.clone(),
+        })
+    }
+
+    /// The RELP settings of a relp sink; `relp` on another transport is an error.
+    fn relp(
+        &mut self,
+        at: &str,
+        transport: SyslogTransport,
+        r: Option<&RelpConfig>,
+    ) -> Option<RelpSettings> {
+        if transport != SyslogTransport::Relp {
+            if r.is_some() {
+                self.invalid(
+                    &format!("{at}.relp"),
+                    "relp is set but transport is not relp; set transport: relp or remove relp"
+                        .into(),
+                );
+            }
+            return None;
+        }
+        let r = r.cloned().unwrap_or_default();
+        Some(RelpSettings {
+            window: self.range(&format!("{at}.relp.window"), r.window, 1, 1024, 128),
+            ack_timeout_ms: self.range(
+                &format!("{at}.relp.ackTimeoutMs"),
+                r.ack_timeout_ms,
+                1000,
+                300_000,
+                30_000,
+            ),
         })
     }
 

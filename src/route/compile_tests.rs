@@ -119,6 +119,61 @@ fn syslog_defaults_and_parsing() {
 }
 
 #[test]
+fn relp_defaults_and_tls() {
+    let c = compile_online(&with_spec(
+        "payments",
+        "  sinks: [{name: r, syslog: {address: 'rsyslog:2514', transport: relp}}]\n",
+    ))
+    .expect("valid");
+    let SinkConfig::Syslog(s) = &c.document.sinks[0].config else {
+        panic!("not syslog")
+    };
+    assert_eq!(s.transport, SyslogTransport::Relp);
+    assert_eq!(
+        s.relp,
+        Some(RelpSettings {
+            window: 128,
+            ack_timeout_ms: 30_000
+        })
+    );
+    assert_eq!(s.tls, None, "plain RELP unless relp.tls");
+    assert_eq!(s.max_message_bytes, 65_536);
+
+    let c = compile_online(&with_spec(
+        "payments",
+        "  sinks:\n  - name: r\n    syslog:\n      address: 'rsyslog:2514'\n      transport: relp\n      relp: {tls: true, window: 16, ackTimeoutMs: 5000}\n      tls: {caSecretRef: {name: syslog-ca, key: ca.crt}, serverName: rsyslog.logging.svc}\n",
+    ))
+    .expect("valid");
+    let SinkConfig::Syslog(s) = &c.document.sinks[0].config else {
+        panic!("not syslog")
+    };
+    assert_eq!(
+        s.relp,
+        Some(RelpSettings {
+            window: 16,
+            ack_timeout_ms: 5000
+        })
+    );
+    let tls = s.tls.as_ref().expect("RELP over TLS");
+    assert_eq!(tls.server_name, "rsyslog.logging.svc");
+    assert!(
+        tls.ca.is_some(),
+        "the CA Secret is resolved as for transport: tls"
+    );
+    assert!(!c.credentials.is_empty());
+    // Another transport has no RELP settings.
+    let c = compile_online(&with_spec(
+        "payments",
+        "  sinks: [{name: t, syslog: {address: 'h:514'}}]\n",
+    ))
+    .expect("valid");
+    let SinkConfig::Syslog(s) = &c.document.sinks[0].config else {
+        panic!("not syslog")
+    };
+    assert_eq!(s.relp, None);
+}
+
+#[test]
 fn credentials_resolve_into_the_secret_not_the_document() {
     let c = compile_online(&with_spec(
         "payments",
@@ -327,6 +382,55 @@ fn invalid_specs_name_field_and_fix() {
             Reason::InvalidSpec,
             "spec.sinks[0].syslog.tls",
             "transport is not tls",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', relp: {window: 8}}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.relp",
+            "transport is not relp",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, relp: {window: 0}}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.relp.window",
+            "1 to 1024",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, relp: {window: 4096}}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.relp.window",
+            "1 to 1024 (default 128)",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, relp: {ackTimeoutMs: 10}}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.relp.ackTimeoutMs",
+            "1000 to 300000",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, framing: newline}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.framing",
+            "RELP frames every message itself",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, tls: {insecureSkipVerify: true}}}]\n",
+            Reason::InvalidSpec,
+            "spec.sinks[0].syslog.tls",
+            "set relp.tls: true",
+        ),
+        (
+            "payments",
+            "  sinks: [{name: a, syslog: {address: 'h:2514', transport: relp, relp: {tls: true}, tls: {caSecretRef: {name: nope, key: ca.crt}}}}]\n",
+            Reason::SecretNotFound,
+            "spec.sinks[0].syslog.tls.caSecretRef.name",
+            "Secret payments/nope does not exist",
         ),
         (
             "payments",

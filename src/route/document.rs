@@ -190,10 +190,22 @@ pub struct SyslogConfig {
     pub max_message_bytes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// Present exactly when `transport` is relp. RELP over TLS when `tls` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relp: Option<RelpSettings>,
     /// The operator's egress rules for this route, checked against every address the
     /// agent connects to; absent means unrestricted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressRules>,
+}
+
+/// RELP settings, validated: see [`crate::api::RelpConfig`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelpSettings {
+    /// Most messages sent and not yet acknowledged.
+    pub window: u32,
+    pub ack_timeout_ms: u32,
 }
 
 /// TLS client settings with secret material replaced by credential keys.

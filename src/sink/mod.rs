@@ -123,7 +123,8 @@ impl SinkClient {
     pub fn batching(&self) -> worker::Batching {
         match self {
             SinkClient::Elasticsearch(s) => s.batching(),
-            SinkClient::Syslog(_) | SinkClient::Stdout(_) => worker::Batching::IMMEDIATE,
+            SinkClient::Syslog(s) => s.batching(),
+            SinkClient::Stdout(_) => worker::Batching::IMMEDIATE,
         }
     }
 

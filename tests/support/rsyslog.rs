@@ -8,6 +8,11 @@
 //!   `localhost` and `127.0.0.1` signed by the harness CA ([`Rsyslog::ca_pem`]);
 //! - `mtls_port`: like `tls_port` but clients must present a certificate signed by the
 //!   harness CA ([`Rsyslog::client_cert_pem`] / [`Rsyslog::client_key_pem`]).
+//! - with [`Rsyslog::start_relp`] also `relp_port` (imrelp) and `relps_port` (imrelp over
+//!   TLS with the same server certificate; clients must present one signed by the harness
+//!   CA). That instance runs its main queue in direct mode: a message is written to the
+//!   output file before imrelp acknowledges it, so what was acknowledged survives a
+//!   SIGKILL ([`Rsyslog::kill9`]). Needs Debian's rsyslog-relp package.
 //!
 //! Limits are raised far above rsyslog's defaults (8 KiB messages, 200000-byte frames):
 //! `maxMessageSize` 1 MiB and imtcp `maxFrameSize` 2 MB. Control characters are kept as
@@ -84,7 +89,14 @@ pub struct Rsyslog {
     pub tcp_port: u16,
     pub tls_port: u16,
     pub mtls_port: u16,
+    /// imrelp and imrelp over TLS; 0 unless started with [`Rsyslog::start_relp`].
+    pub relp_port: u16,
+    pub relps_port: u16,
+    relp: bool,
 }
+
+/// imrelp's module, from Debian's rsyslog-relp.
+pub const IMRELP: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so";
 
 impl Rsyslog {
     /// Start rsyslogd, or return None outside CI when it is not installed (CI fails).
@@ -96,8 +108,29 @@ impl Rsyslog {
         Some(Rsyslog::start().expect("start rsyslogd"))
     }
 
+    /// Start rsyslogd with imrelp inputs too (see the module docs), or return None
+    /// outside CI when rsyslog or its RELP module is not installed (CI fails).
+    pub fn start_relp_or_skip() -> Option<Rsyslog> {
+        if !Path::new(RSYSLOGD).exists() || !Path::new(IMRELP).exists() {
+            env::missing(
+                "rsyslogd with imrelp",
+                "apt-get install -y rsyslog rsyslog-gnutls rsyslog-relp",
+            );
+            return None;
+        }
+        Some(Rsyslog::start_relp().expect("start rsyslogd with imrelp"))
+    }
+
+    pub fn start_relp() -> Result<Rsyslog> {
+        Self::start_with(true)
+    }
+
     /// Start rsyslogd on free loopback ports and wait until every input takes messages.
     pub fn start() -> Result<Rsyslog> {
+        Self::start_with(false)
+    }
+
+    fn start_with(relp: bool) -> Result<Rsyslog> {
         let dir = tempfile::Builder::new().prefix("rsyslog-").tempdir()?;
         fs::create_dir(dir.path().join("work"))?;
         make_certificates(dir.path())?;
@@ -108,6 +141,9 @@ impl Rsyslog {
             tcp_port: 0,
             tls_port: 0,
             mtls_port: 0,
+            relp_port: 0,
+            relps_port: 0,
+            relp,
         };
         // A port picked free may be taken by someone else before rsyslogd binds it
         // (rsyslogd then runs without that input): try a few sets.
@@ -117,6 +153,10 @@ impl Rsyslog {
             rs.tcp_port = free_tcp_port()?;
             rs.tls_port = free_tcp_port()?;
             rs.mtls_port = free_tcp_port()?;
+            if relp {
+                rs.relp_port = free_tcp_port()?;
+                rs.relps_port = free_tcp_port()?;
+            }
             rs.write_config()?;
             match rs.spawn() {
                 Ok(()) => return Ok(rs),
@@ -156,6 +196,31 @@ impl Rsyslog {
     /// Everything received so far (all inputs, across restarts), in arrival order.
     pub fn received(&self) -> Vec<Received> {
         read_lines(&self.path("received.jsonl"))
+    }
+
+    /// Lines received so far whose message starts with `needle`, counted without parsing them (cheap
+    /// enough to poll while hundreds of thousands arrive).
+    pub fn count_containing(&self, needle: &str) -> usize {
+        let bytes = fs::read(self.path("received.jsonl")).unwrap_or_default();
+        // std's substring search is optimized even in a debug build.
+        let needle = format!("\"msg\":\"{needle}");
+        String::from_utf8_lossy(&bytes).matches(&needle).count()
+    }
+
+    /// Size of the received-messages file: a cheap measure of progress.
+    pub fn received_bytes(&self) -> u64 {
+        fs::metadata(self.path("received.jsonl")).map_or(0, |m| m.len())
+    }
+
+    /// Stop rsyslogd with SIGSTOP, as a hung receiver: it takes nothing more from its
+    /// sockets until [`Rsyslog::kill9`] or the end of the test.
+    pub fn freeze(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(child.id().to_string())
+                .status();
+        }
     }
 
     /// Wait until at least `n` messages were received; panic at the deadline with what
@@ -203,6 +268,15 @@ impl Rsyslog {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Kill rsyslogd with SIGKILL, as a crash would: what sat in its sockets and memory
+    /// is gone. Its ports refuse connections until [`Rsyslog::restart`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Start rsyslogd again on the same ports; earlier messages stay in `received`.
@@ -255,8 +329,23 @@ input(type="imtcp" name="tls" address="127.0.0.1" port="{tls}" ruleset="received
       streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
 input(type="imtcp" name="mtls" address="127.0.0.1" port="{mtls}" ruleset="received" maxFrameSize="2000000"
       streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
-action(type="omfile" file="{d}/internal.log")
+{relp}action(type="omfile" file="{d}/internal.log")
 "#,
+            relp = if self.relp {
+                format!(
+                    r#"main_queue(queue.type="direct")
+module(load="imrelp")
+input(type="imrelp" name="relp" address="127.0.0.1" port="{relp}" ruleset="received" maxDataSize="1m")
+input(type="imrelp" name="relps" address="127.0.0.1" port="{relps}" ruleset="received" maxDataSize="1m"
+      tls="on" tls.caCert="{d}/ca.pem" tls.myCert="{d}/server.pem" tls.myPrivKey="{d}/server.key"
+      tls.authMode="certvalid")
+"#,
+                    relp = self.relp_port,
+                    relps = self.relps_port,
+                )
+            } else {
+                String::new()
+            },
             udp = self.udp_port,
             tcp = self.tcp_port,
             tls = self.tls_port,
@@ -299,9 +388,15 @@ action(type="omfile" file="{d}/internal.log")
             if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.tcp_port)) {
                 let _ = write!(tcp, "{} {probe}", probe.len());
             }
-            let tls_up = [self.tls_port, self.mtls_port]
-                .iter()
-                .all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok());
+            let tls_up = [
+                self.tls_port,
+                self.mtls_port,
+                self.relp_port,
+                self.relps_port,
+            ]
+            .iter()
+            .filter(|&&port| port != 0)
+            .all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok());
             let probes: Vec<Received> = read_lines(&self.path("probe.jsonl"));
             let seen = |input: &str| {
                 probes

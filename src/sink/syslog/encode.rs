@@ -67,6 +67,8 @@ impl Framing {
     pub fn of(cfg: &SyslogConfig) -> Self {
         match (cfg.transport, cfg.framing) {
             (SyslogTransport::Udp, _) => Framing::Datagram,
+            // A RELP `syslog` frame's `DATALEN SP DATA` is an octet-counted message.
+            (SyslogTransport::Relp, _) => Framing::OctetCounting,
             (_, SyslogFraming::OctetCounting) => Framing::OctetCounting,
             (_, SyslogFraming::Newline) => Framing::Newline,
         }

@@ -25,6 +25,7 @@ fn config(
         severity: None,
         max_message_bytes: 65536,
         tls: None,
+        relp: None,
         egress: None,
     }
 }

@@ -1,16 +1,19 @@
-//! Syslog sink: RFC 5424 / RFC 3164 over UDP, TCP or TLS (RFC 6587 framing).
+//! Syslog sink: RFC 5424 / RFC 3164 over UDP, TCP or TLS (RFC 6587 framing), or RELP
+//! (plain or over TLS).
 //!
 //! A batch is encoded into one buffer and written with as few system calls as the socket
 //! allows. The connection is opened on the first send and again on the send after a
 //! failure; the caller owns backoff and retry counting. What "accepted" means: for TCP and
 //! TLS, every byte of the record's frame was handed to the kernel; for UDP, its datagram
-//! was sent. See `encode` for the wire format and `transport` for dead-peer detection.
+//! was sent; for RELP, the receiver acknowledged it (see `relp`). See `encode` for the
+//! wire format and `transport` for dead-peer detection.
 //!
 //! A receiver must accept messages of `maxMessageBytes` (default 65536 on TCP/TLS, 8192
 //! on UDP): rsyslog's default `maxMessageSize` is 8 KiB, and its imtcp `maxFrameSize`
 //! (200000 by default) must also be at least that large for octet-counted frames.
 
 pub mod encode;
+mod relp;
 mod tls;
 mod transport;
 
@@ -27,8 +30,8 @@ pub use encode::SD_ID;
 use super::egress::EgressGuard;
 use super::{SendFailure, SinkContext};
 use crate::record::Record;
-use crate::route::document::{SyslogConfig, SyslogTransport};
-use transport::{Connection, Protocol, Target};
+use crate::route::document::{RelpSettings, SyslogConfig, SyslogTransport};
+use transport::{CONNECT_TIMEOUT, Connection, Protocol, Target};
 
 /// RFC 5424 §6.1: every receiver must accept messages of 480 octets; smaller limits
 /// cannot hold a header with structured data.
@@ -79,13 +82,60 @@ pub enum SyslogError {
     },
     #[error("writing to syslog receiver {addr} failed: {source}; the connection will be reopened")]
     Write { addr: String, source: io::Error },
-    #[error("stopped connecting to syslog receiver {addr}: the sink is shutting down")]
+    #[error(
+        "stopped connecting or waiting for answers from syslog receiver {addr}: the sink is shutting down"
+    )]
     ShuttingDown { addr: String },
     #[error("not connecting to syslog receiver {addr}: {source}")]
     Egress {
         addr: String,
         source: crate::sink::egress::EgressRefused,
     },
+    #[error(
+        "RELP receiver {addr} refused the session: rsp {code} {text}; check the receiver's imrelp settings and its log"
+    )]
+    RelpRefused {
+        addr: String,
+        code: u16,
+        text: String,
+    },
+    #[error(
+        "RELP receiver {addr} does not offer the syslog command (offered: {offered}); is the address an imrelp listener?"
+    )]
+    RelpOffer { addr: String, offered: String },
+    #[error(
+        "RELP receiver {addr} answered rsp {code} {text}; the {unacked} unacknowledged messages are sent again after a backoff; the receiver's log says why it refused (a full queue, a message over its maxDataSize)"
+    )]
+    RelpRejected {
+        addr: String,
+        code: u16,
+        text: String,
+        unacked: usize,
+    },
+    #[error(
+        "RELP receiver {addr} acknowledged none of {in_flight} messages within {timeout:?} (relp.ackTimeoutMs); they are sent again on a new connection; is the receiver overloaded or blocked on its output?"
+    )]
+    RelpStall {
+        addr: String,
+        in_flight: usize,
+        timeout: Duration,
+    },
+    #[error(
+        "RELP receiver {addr} closed the session (serverclose) with {unacked} messages unacknowledged; they are sent again on a new connection"
+    )]
+    RelpServerClose { addr: String, unacked: usize },
+    #[error(
+        "the RELP connection to {addr} ended with {unacked} messages unacknowledged ({source}); they are sent again on a new connection"
+    )]
+    RelpEnded {
+        addr: String,
+        unacked: usize,
+        source: io::Error,
+    },
+    #[error(
+        "RELP receiver {addr} broke the protocol: {detail}; is the address an imrelp listener?"
+    )]
+    RelpProtocol { addr: String, detail: String },
 }
 
 impl SyslogError {
@@ -103,6 +153,12 @@ impl SyslogError {
             SyslogError::Write { .. } => "write",
             SyslogError::Egress { .. } => "egress_refused",
             SyslogError::ShuttingDown { .. } => "shutdown",
+            SyslogError::RelpRefused { .. } | SyslogError::RelpOffer { .. } => "relp_refused",
+            SyslogError::RelpRejected { .. } => "relp_rejected",
+            SyslogError::RelpStall { .. } => "relp_stall",
+            SyslogError::RelpServerClose { .. } => "relp_serverclose",
+            SyslogError::RelpEnded { .. } => "relp_ended",
+            SyslogError::RelpProtocol { .. } => "relp_protocol",
         }
     }
 }
@@ -160,6 +216,37 @@ pub struct SyslogSink {
     /// Cancelled when the worker stops: a connection attempt (nothing written yet) is
     /// given up at once; a write in progress finishes or fails on its own.
     shutdown: CancellationToken,
+    /// Set for `transport: relp`.
+    relp: Option<Relp>,
+}
+
+/// The RELP side of a sink: settings, the session, and what is owed a resend.
+struct Relp {
+    window: usize,
+    ack_timeout: Duration,
+    session: Option<relp::Session>,
+    /// Leading records of the next send that went out on a session which ended before
+    /// acknowledging them: the worker sends them again, and they count as resends.
+    resend: usize,
+    acks: IntCounter,
+    resends: IntCounter,
+    rtt: Histogram,
+}
+
+impl Relp {
+    fn new(settings: &RelpSettings, ctx: &SinkContext) -> Self {
+        let labels = [ctx.route.as_str(), ctx.sink.as_str()];
+        let m = &ctx.metrics;
+        Self {
+            window: settings.window.max(1) as usize,
+            ack_timeout: Duration::from_millis(u64::from(settings.ack_timeout_ms)),
+            session: None,
+            resend: 0,
+            acks: m.relp_acks.with_label_values(&labels),
+            resends: m.relp_resends.with_label_values(&labels),
+            rtt: m.relp_ack_rtt.with_label_values(&labels),
+        }
+    }
 }
 
 /// Keep the batch buffer across sends unless one huge batch blew it up.
@@ -170,7 +257,7 @@ impl SyslogSink {
     pub fn new(cfg: SyslogConfig, ctx: SinkContext) -> Result<Self, SyslogError> {
         let max = match cfg.transport {
             SyslogTransport::Udp => MAX_UDP_MESSAGE_BYTES,
-            SyslogTransport::Tcp | SyslogTransport::Tls => u32::MAX,
+            SyslogTransport::Tcp | SyslogTransport::Tls | SyslogTransport::Relp => u32::MAX,
         };
         if !(MIN_MESSAGE_BYTES..=max).contains(&cfg.max_message_bytes) {
             return Err(SyslogError::MessageLimit {
@@ -194,13 +281,23 @@ impl SyslogSink {
                 max: 7,
             });
         }
-        let protocol = match cfg.transport {
-            SyslogTransport::Udp => Protocol::Udp,
-            SyslogTransport::Tcp => Protocol::Tcp,
-            SyslogTransport::Tls => {
+        let protocol = match (cfg.transport, &cfg.tls) {
+            (SyslogTransport::Udp, _) => Protocol::Udp,
+            (SyslogTransport::Tcp, _) | (SyslogTransport::Relp, None) => Protocol::Tcp,
+            (SyslogTransport::Tls, _) | (SyslogTransport::Relp, Some(_)) => {
                 let settings = cfg.tls.clone().unwrap_or_default();
                 Protocol::Tls(tls::client(&settings, &ctx.credentials, &cfg.host)?)
             }
+        };
+        let relp = match cfg.transport {
+            SyslogTransport::Relp => Some(Relp::new(
+                &cfg.relp.clone().unwrap_or(RelpSettings {
+                    window: 128,
+                    ack_timeout_ms: 30_000,
+                }),
+                &ctx,
+            )),
+            _ => None,
         };
         let display = if cfg.host.contains(':') {
             format!("[{}]:{}", cfg.host, cfg.port)
@@ -223,7 +320,18 @@ impl SyslogSink {
             cut: Vec::new(),
             metrics: Metrics::new(ctx),
             shutdown: CancellationToken::new(),
+            relp,
         })
+    }
+
+    /// How the worker should hand records over: for RELP, a window per send, so the
+    /// checkpoint advances as each window is acknowledged.
+    pub fn batching(&self) -> crate::sink::worker::Batching {
+        let mut b = crate::sink::worker::Batching::IMMEDIATE;
+        if let Some(relp) = &self.relp {
+            b.step = relp.window;
+        }
+        b
     }
 
     pub fn set_shutdown(&mut self, token: CancellationToken) {
@@ -237,8 +345,12 @@ impl SyslogSink {
             return Ok(());
         }
         let started = Instant::now();
-        self.encode(batch);
-        let result = self.deliver().await;
+        let result = if self.relp.is_some() {
+            self.deliver_relp(batch).await
+        } else {
+            self.encode(batch);
+            self.deliver().await
+        };
         let accepted = match &result {
             Ok(()) => batch.len(),
             Err((accepted, _)) => *accepted,
@@ -265,6 +377,92 @@ impl SyslogSink {
             self.ends.push(self.buf.len());
             self.cut.push(cut);
         }
+    }
+
+    /// RELP frames (`TXNR syslog LEN MSG LF`, the octet-counted message inside),
+    /// numbered from `txnr`.
+    fn encode_relp(&mut self, batch: &[Arc<Record>], mut txnr: u32) {
+        self.buf.clear();
+        self.ends.clear();
+        self.cut.clear();
+        for record in batch {
+            relp::frame::push_head(&mut self.buf, txnr, "syslog");
+            let cut = self.encoder.encode(record, &mut self.buf);
+            relp::frame::push_trailer(&mut self.buf);
+            self.ends.push(self.buf.len());
+            self.cut.push(cut);
+            txnr = relp::frame::next_txnr(txnr);
+        }
+    }
+
+    /// Send over RELP and wait for the acknowledgements; accepted is what was
+    /// acknowledged. A session that was idle and turns out to have ended before
+    /// acknowledging anything (the receiver restarted meanwhile) is replaced at once,
+    /// without a failure and its backoff.
+    async fn deliver_relp(&mut self, batch: &[Arc<Record>]) -> Result<(), (usize, SyslogError)> {
+        for attempt in 0..2 {
+            let relp = self.relp.as_mut().expect("relp sink");
+            // Taken out, as in `deliver`: a dropped future takes the session along.
+            let idle = relp.session.take();
+            let (mut session, reused) = match idle.and_then(|mut s| s.looks_open().then_some(s)) {
+                Some(s) => (s, true),
+                None => (self.open_relp().await.map_err(|e| (0, e))?, false),
+            };
+            self.encode_relp(batch, session.next_txnr());
+            let relp = self.relp.as_mut().expect("relp sink");
+            relp.resends.inc_by(relp.resend.min(batch.len()) as u64);
+            relp.resend = 0;
+            let (window, timeout) = (relp.window, relp.ack_timeout);
+            let result = session
+                .exchange(
+                    &self.buf,
+                    &self.ends,
+                    window,
+                    timeout,
+                    &relp.rtt,
+                    &self.shutdown,
+                )
+                .await;
+            match result {
+                Ok(()) => {
+                    relp.acks.inc_by(batch.len() as u64);
+                    relp.session = Some(session);
+                    return Ok(());
+                }
+                Err(f) => {
+                    relp.acks.inc_by(f.acked as u64);
+                    relp.resend = f.written - f.acked;
+                    if attempt == 0 && reused && f.acked == 0 && f.ended() {
+                        tracing::debug!(receiver = %self.target.display, error = %f.error, "idle RELP session had ended; opening a new one");
+                        continue;
+                    }
+                    return Err((f.acked, f.error));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    async fn open_relp(&mut self) -> Result<relp::Session, SyslogError> {
+        let addr = self.target.display.clone();
+        let timeout = self
+            .relp
+            .as_ref()
+            .map_or(CONNECT_TIMEOUT, |r| r.ack_timeout);
+        let conn = tokio::select! {
+            conn = Connection::open(&self.target) => conn?,
+            () = self.shutdown.cancelled() => {
+                return Err(SyslogError::ShuttingDown { addr });
+            }
+        };
+        self.connections += 1;
+        if self.connections > 1 {
+            self.metrics.reconnects.inc();
+        }
+        let io = conn.into_io().expect("RELP runs over a stream connection");
+        let session = relp::Session::open(io, &addr, timeout).await?;
+        tracing::debug!(receiver = %addr, connections = self.connections, "RELP session opened");
+        Ok(session)
     }
 
     async fn deliver(&mut self) -> Result<(), (usize, SyslogError)> {
@@ -326,5 +524,6 @@ fn transport_name(t: SyslogTransport) -> &'static str {
         SyslogTransport::Udp => "udp",
         SyslogTransport::Tcp => "tcp",
         SyslogTransport::Tls => "tls",
+        SyslogTransport::Relp => "relp",
     }
 }

@@ -6,7 +6,8 @@
 //! orderly close by the receiver (a restarted rsyslog closes its sockets): without that
 //! check the first batch after a close would be "written" into a socket whose peer is
 //! gone and lost. Data written into a healthy-looking socket whose peer dies right after
-//! is a limit of plain TCP syslog (there are no acknowledgements); RELP would lift it.
+//! is a limit of plain TCP syslog (there are no acknowledgements); `transport: relp`
+//! lifts it (see `relp`).
 
 use std::io::{self, Read as _};
 use std::mem::MaybeUninit;
@@ -63,6 +64,28 @@ pub enum Protocol {
     Tls(TlsTarget),
 }
 
+/// A stream connection, plain or TLS, for a protocol that reads answers (RELP).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// Acknowledge what was received at once, not on the kernel's delayed-ACK timer
+    /// (Linux `TCP_QUICKACK`, which the kernel clears again: call after every read). A
+    /// receiver that writes its answers without `TCP_NODELAY` (librelp) holds each
+    /// answer after the first until our ACK comes: with delayed ACKs that is 40 ms per
+    /// window.
+    fn ack_now(&self) {}
+}
+
+impl Io for TcpStream {
+    fn ack_now(&self) {
+        let _ = SockRef::from(self).set_tcp_quickack(true);
+    }
+}
+
+impl Io for TlsStream<TcpStream> {
+    fn ack_now(&self) {
+        let _ = SockRef::from(self.get_ref().0).set_tcp_quickack(true);
+    }
+}
+
 pub enum Connection {
     Udp(UdpSocket),
     Tcp(TcpStream),
@@ -70,6 +93,15 @@ pub enum Connection {
 }
 
 impl Connection {
+    /// The stream of a TCP or TLS connection; `None` for UDP.
+    pub fn into_io(self) -> Option<Box<dyn Io>> {
+        match self {
+            Connection::Udp(_) => None,
+            Connection::Tcp(stream) => Some(Box::new(stream)),
+            Connection::Tls(stream) => Some(stream),
+        }
+    }
+
     /// Resolve the receiver's name (again on every connect, so a Service whose address
     /// changed is followed) and connect to the first address that answers.
     pub async fn open(target: &Target) -> Result<Self, SyslogError> {
