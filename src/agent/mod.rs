@@ -10,6 +10,7 @@ pub mod health;
 pub mod lane;
 #[cfg(test)]
 mod lane_model;
+mod line_bytes;
 pub mod multiline;
 pub mod pipeline;
 pub mod pods;

@@ -13,6 +13,7 @@ use crate::record::Timestamp;
 
 use super::parse::{Entry, Header};
 use super::position::{FileId, FilePosition, slot};
+use crate::agent::line_bytes::{cut_to_char_boundary, extend_bounded};
 
 /// One log line of a container, as read from its CRI log files. The same shape as the
 /// Docker source's `LogLine`, with a file position for a cursor.
@@ -320,38 +321,6 @@ impl Joiner {
             position: self.position(),
         });
     }
-}
-
-/// Drops an incomplete UTF-8 sequence that a cut left at the end.
-fn cut_to_char_boundary(bytes: &mut Vec<u8>) {
-    let len = bytes.len();
-    let mut start = len;
-    while start > 0 && len - start < 3 && bytes[start - 1] & 0xC0 == 0x80 {
-        start -= 1;
-    }
-    if start == 0 {
-        return;
-    }
-    let width = match bytes[start - 1] {
-        0xC0..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF7 => 4,
-        _ => 1,
-    };
-    if width > len - (start - 1) {
-        bytes.truncate(start - 1);
-    }
-}
-
-/// Appends `more` to `bytes`, which is never to hold more than `max`: capacity grows by
-/// doubling up to `max`, not past it.
-fn extend_bounded(bytes: &mut Vec<u8>, more: &[u8], max: usize) {
-    let want = bytes.len() + more.len();
-    if want > bytes.capacity() {
-        let target = want.max(bytes.capacity() * 2).min(max).max(want);
-        bytes.reserve_exact(target - bytes.len());
-    }
-    bytes.extend_from_slice(more);
 }
 
 #[cfg(test)]
