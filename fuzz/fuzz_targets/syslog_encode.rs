@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         max_message_bytes: max,
         tls: None,
         egress: None,
+        relp: None,
     };
     let node = input.string();
     let mut encoder = Encoder::new(&cfg, &node);
